@@ -1,0 +1,123 @@
+"""The Python API: ``finetune``, ``unlearn``, ``evaluate`` - the CLI is a thin layer over these.
+
+Each takes the same config dataclass the CLI builds, so the two never drift.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .config import EvalConfig, FinetuneConfig, ModelConfig, UnlearnConfig, build_method
+from .data.format import encode_all
+from .data.pair import PairedData, build_paired
+from .data.records import Example, examples_sha256, load_examples
+from .errors import ConfigError, UnlearnkitError
+from .evaluate import METRIC_INFO, evaluate_model
+from .models import check_model_dir, frozen_copy, load_model, load_tokenizer, maybe_add_lora, save_model
+from .train import Finetune, TrainResult, run
+
+
+def _load(mc: ModelConfig) -> tuple[Any, Any]:
+    if not mc.path:
+        raise ConfigError("model.path is not set; pass --model DIR (a local from_pretrained directory)")
+    check_model_dir(mc.path, allow_pickle=mc.allow_pickle)  # before the tokenizer: clearer errors
+    tok = load_tokenizer(mc.path, trust_remote_code=mc.trust_remote_code)
+    model = load_model(mc.path, trust_remote_code=mc.trust_remote_code, allow_pickle=mc.allow_pickle)
+    return model, tok
+
+
+def _require(path: str | None, what: str) -> str:
+    if not path:
+        raise ConfigError(f"{what} is not set")
+    return path
+
+
+def _check_out(out: str) -> Path:
+    if not out:
+        raise ConfigError("out is not set; pass --out DIR for the saved model")
+    return Path(out)
+
+
+def _log_path(out: Path) -> Path:
+    return out.with_name(out.name + ".train_log.jsonl")
+
+
+def _warn_overlap(forget: list[Example], retain: list[Example]) -> None:
+    both = {(e.question, e.answer) for e in forget} & {(e.question, e.answer) for e in retain}
+    if both:
+        warnings.warn(f"{len(both)} forget records also appear in the retain set; the retain term will "
+                      "pull them back - remove them from the retain file", stacklevel=3)
+
+
+def unlearn(cfg: UnlearnConfig) -> TrainResult:
+    """Unlearn ``cfg.data.forget`` from ``cfg.model`` with ``cfg.method``; save to ``cfg.out``."""
+    out = _check_out(cfg.out)
+    method = build_method(cfg.method, cfg.method_args)
+    forget = load_examples(_require(cfg.data.forget, "data.forget (--forget FILE)"), keys=cfg.data.keys)
+    retain: list[Example] = []
+    if method.needs_retain:
+        retain = load_examples(_require(cfg.data.retain, f"method '{cfg.method}' needs data.retain (--retain FILE)"),
+                               keys=cfg.data.keys)
+        _warn_overlap(forget, retain)
+    model, tok = _load(cfg.model)
+    ref = frozen_copy(model) if method.needs_ref_model else None
+    model = maybe_add_lora(model, cfg.model.lora)
+    data = build_paired(method, forget, retain, tok, template=cfg.data.template,
+                        max_length=cfg.data.max_length, seed=cfg.train.seed)
+    result = run(model, method, data, cfg.train, ref=ref, log_path=_log_path(out), desc=f"unlearn:{cfg.method}")
+    card = {"title": f"Unlearned with unlearnkit ({cfg.method})", "base_model": cfg.model.path,
+            "method": cfg.method, "config": asdict(cfg), "forget_set_sha256": examples_sha256(forget),
+            "retain_set_sha256": examples_sha256(retain) if retain else None,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "train_steps": result.steps,
+            "stopped_early": result.stopped_early}
+    save_model(model, tok, out, card=card)
+    return result
+
+
+def finetune(cfg: FinetuneConfig) -> TrainResult:
+    """Teach ``cfg.model`` the records in ``cfg.data.train`` (answer-only NLL); save to ``cfg.out``."""
+    out = _check_out(cfg.out)
+    records = load_examples(_require(cfg.data.train, "data.train (--data FILE)"), keys=cfg.data.keys)
+    model, tok = _load(cfg.model)
+    model = maybe_add_lora(model, cfg.model.lora)
+    enc = encode_all([(e.question, e.answer) for e in records], tok, template=cfg.data.template,
+                     max_length=cfg.data.max_length, what="training records")
+    data = PairedData([{"forget": e} for e in enc], [], tok.pad_token_id)
+    result = run(model, Finetune(), data, cfg.train, log_path=_log_path(out), desc="finetune")
+    card = {"title": "Finetuned with unlearnkit", "base_model": cfg.model.path, "method": "finetune",
+            "config": asdict(cfg), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    save_model(model, tok, out, card=card)
+    return result
+
+
+def reference_from_results(doc: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """Pick a model's values + per-example arrays from a results.json (the only model, or 'retain')."""
+    models = doc.get("models") or {}
+    if name is None:
+        name = next(iter(models)) if len(models) == 1 else "retain"
+    if name not in models:
+        raise UnlearnkitError(f"reference results have models {sorted(models)}; none is '{name}'")
+    values = {k: v for k, v in models[name].items() if k != "path"}
+    return {"values": values, "per_example": (doc.get("per_example") or {}).get(name, {})}
+
+
+def evaluate(cfg: EvalConfig, *, name: str = "model") -> dict[str, Any]:
+    """Evaluate ``cfg.model`` on ``cfg.suite``; return a results document (and write it to ``cfg.out``)."""
+    from .report import build_results, load_results, write_json_atomic
+
+    reference = reference_from_results(load_results(cfg.reference)) if cfg.reference else None
+    model, tok = _load(cfg.model)
+    ev = evaluate_model(model, tok, cfg, reference=reference)
+    doc = build_results(
+        models={name: {"path": cfg.model.path, **ev["values"]}}, metric_info=METRIC_INFO,
+        per_example={name: ev["per_example"]}, config=asdict(cfg), timing={"eval_s": ev["seconds"]},
+    )
+    if cfg.out:
+        write_json_atomic(cfg.out, doc)
+    return doc
+
+
+__all__ = ["finetune", "unlearn", "evaluate", "reference_from_results"]

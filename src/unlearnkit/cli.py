@@ -1,0 +1,195 @@
+"""Command line: thin subcommands over the Python API (heavy imports happen after parsing).
+
+Every subcommand accepts an optional YAML config first, then ``section.key=value`` overrides:
+``unlearnkit unlearn configs/npo.yaml method.beta=0.2 train.lr=2e-5``. User errors print one
+clear line and exit with code 2; nothing half-written is left behind.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable
+
+EXAMPLES = """examples:
+  unlearnkit demo --fast
+  unlearnkit finetune --model DIR --data full.json --out target/
+  unlearnkit unlearn --model target/ --forget forget10.json --retain retain90.json --method npo --out unlearned/
+  unlearnkit eval --model unlearned/ --suite tofu --data-dir DIR --reference retain_results.json --out results.json
+  unlearnkit ls methods
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]",
+                   help="an optional YAML config, then overrides such as train.lr=2e-5")
+    p.add_argument("--model", help="local model directory (from_pretrained)")
+    p.add_argument("--out", help="output directory / file")
+    p.add_argument("--lora-r", type=int, help="LoRA rank (0 = full finetuning)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="unlearnkit", description="Machine unlearning for causal LMs.",
+                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = ap.add_subparsers(dest="cmd")
+    d = sub.add_parser("demo", help="run the whole pipeline on the built-in benchmark")
+    d.add_argument("--fast", action="store_true", help="small preset (< 90 s)")
+    d.add_argument("--out", default=None, help="output folder (default runs/demo)")
+    d.add_argument("--no-progress", action="store_true")
+    d.add_argument("args", nargs="*", metavar="key=value", help="DemoConfig overrides, e.g. method=simnpo")
+    f = sub.add_parser("finetune", help="teach a model a set of records")
+    _common(f)
+    f.add_argument("--data", help="records to learn (.json/.jsonl/.csv/.parquet)")
+    u = sub.add_parser("unlearn", help="unlearn a forget set")
+    _common(u)
+    u.add_argument("--forget", help="records to forget")
+    u.add_argument("--retain", help="records to keep")
+    u.add_argument("--method", help="method name (see `unlearnkit ls methods`)")
+    e = sub.add_parser("eval", help="evaluate a model on a benchmark folder")
+    _common(e)
+    e.add_argument("--suite", help="evaluation suite (tofu)")
+    e.add_argument("--data-dir", help="folder in the TOFU file layout")
+    e.add_argument("--forget-split", help="e.g. forget10")
+    e.add_argument("--reference", help="results.json of the retain model (forget quality, privleak)")
+    ls = sub.add_parser("ls", help="list methods or metrics")
+    ls.add_argument("what", choices=["methods", "metrics"])
+    r = sub.add_parser("report", help="(re)write report.html from a results.json")
+    r.add_argument("results")
+    r.add_argument("--html", help="output HTML (default: next to the results)")
+    return ap
+
+
+def _config(cls: type, args: list[str]) -> Any:
+    from .config import apply_overrides, from_dict, load_yaml
+
+    if args and args[0].endswith((".yaml", ".yml")):
+        cfg, args = load_yaml(cls, args[0]), args[1:]
+    else:
+        cfg = from_dict(cls, {})
+    return apply_overrides(cfg, args)
+
+
+def _model_flags(cfg: Any, ns: argparse.Namespace) -> None:
+    if ns.model:
+        cfg.model.path = ns.model
+    if ns.lora_r is not None:
+        cfg.model.lora.r = ns.lora_r
+    if ns.out:
+        cfg.out = ns.out
+    if ns.no_progress and hasattr(cfg, "train"):
+        cfg.train.progress = False
+
+
+def cmd_finetune(ns: argparse.Namespace) -> int:
+    from . import api
+    from .config import FinetuneConfig
+
+    cfg = _config(FinetuneConfig, ns.args)
+    _model_flags(cfg, ns)
+    cfg.data.train = ns.data or cfg.data.train
+    res = api.finetune(cfg)
+    print(f"finetuned in {res.steps} steps ({res.seconds:.0f}s) -> {cfg.out}")
+    return 0
+
+
+def cmd_unlearn(ns: argparse.Namespace) -> int:
+    from . import api
+    from .config import UnlearnConfig
+
+    cfg = _config(UnlearnConfig, ns.args)
+    _model_flags(cfg, ns)
+    cfg.data.forget = ns.forget or cfg.data.forget
+    cfg.data.retain = ns.retain or cfg.data.retain
+    cfg.method = ns.method or cfg.method
+    res = api.unlearn(cfg)
+    early = " (stopped early)" if res.stopped_early else ""
+    print(f"unlearned with {cfg.method} in {res.steps} steps ({res.seconds:.0f}s){early} -> {cfg.out}")
+    return 0
+
+
+def cmd_eval(ns: argparse.Namespace) -> int:
+    from . import api
+    from .config import EvalConfig
+    from .report import print_summary
+
+    cfg = _config(EvalConfig, ns.args)
+    _model_flags(cfg, ns)
+    for flag, attr in (("suite", "suite"), ("data_dir", "data_dir"), ("forget_split", "forget_split"),
+                       ("reference", "reference")):
+        if getattr(ns, flag):
+            setattr(cfg, attr, getattr(ns, flag))
+    doc = api.evaluate(cfg)
+    print_summary(doc)
+    if cfg.out:
+        print(f"results -> {cfg.out}")
+    return 0
+
+
+def cmd_demo(ns: argparse.Namespace) -> int:
+    from .config import apply_overrides
+    from .demo import DemoConfig, run_demo, unlearning_worked
+
+    cfg = apply_overrides(DemoConfig.fast() if ns.fast else DemoConfig(), ns.args)
+    if ns.out:
+        cfg.out = ns.out
+    doc = run_demo(cfg, progress=not ns.no_progress)
+    ok, msg = unlearning_worked(doc)
+    print(("unlearning worked: " if ok else "unlearning did NOT reach the target: ") + msg)
+    return 0 if ok else 1
+
+
+def cmd_ls(ns: argparse.Namespace) -> int:
+    from .registry import METHODS, METRICS
+
+    reg = METHODS if ns.what == "methods" else METRICS
+    for name in reg.names():
+        meta = reg.meta[name]
+        desc = meta.get("description") or meta.get("paper") or ""
+        print(f"{name:24s} {desc}")
+    return 0
+
+
+def cmd_report(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .report import load_results, print_summary, write_html
+
+    doc = load_results(ns.results)
+    html = Path(ns.html) if ns.html else Path(ns.results).with_suffix(".html")
+    write_html(doc, html)
+    print_summary(doc)
+    print(f"report -> {html}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "demo": cmd_demo, "finetune": cmd_finetune, "unlearn": cmd_unlearn, "eval": cmd_eval,
+    "ls": cmd_ls, "report": cmd_report,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    if ns.version:
+        from . import __version__
+
+        print(__version__)
+        return 0
+    if not ns.cmd:
+        build_parser().print_help()
+        return 2
+    from .errors import UnlearnkitError
+
+    try:
+        return COMMANDS[ns.cmd](ns)
+    except UnlearnkitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Evaluation: suite -> probes (one batched pass per split) -> pure metrics -> flat results.
+
+The ``tofu`` suite reads a folder in the TOFU file layout (the real benchmark or
+``unlearnkit.data.synthetic``) and computes the TOFU metric set as open-unlearning defines it,
+plus memorization (EM, extraction strength) and MIA / privleak when a holdout split exists.
+Splits that are absent (e.g. real_authors on the synthetic benchmark) are skipped, and model
+utility is then the harmonic mean of the parts that exist.
+"""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import EvalConfig
+from .data.records import Example, load_examples
+from .errors import ConfigError, DataError
+from .metrics import memorization as mem
+from .metrics import privacy as priv
+from .metrics import tofu
+from .metrics.probes import SplitProbe, probe_split
+
+# Flat result keys and their metadata (direction, version, description).
+METRIC_INFO: dict[str, dict[str, Any]] = {
+    "forget_prob": {"higher_is_better": False, "description": "TOFU answer probability on the forget set"},
+    "forget_truth_ratio": {"higher_is_better": True, "description": "TOFU truth ratio, forget: mean min(tr, 1/tr)"},
+    "forget_rouge": {"higher_is_better": False, "description": "ROUGE-L recall of greedy answers, forget set"},
+    "forget_quality": {"higher_is_better": True, "description": "KS-test p-value of forget truth ratios vs the retain model"},
+    "forget_exact_mem": {"higher_is_better": False, "description": "exact memorization (argmax == label), forget answers"},
+    "forget_extraction_strength": {"higher_is_better": False, "description": "extraction strength, forget answers"},
+    "retain_prob": {"higher_is_better": True, "description": "TOFU answer probability on the retain set"},
+    "retain_truth_ratio": {"higher_is_better": True, "description": "TOFU truth ratio, retain: mean max(0, 1 - tr)"},
+    "retain_rouge": {"higher_is_better": True, "description": "ROUGE-L recall of greedy answers, retain set"},
+    "holdout_prob": {"higher_is_better": None, "description": "answer probability on never-seen people (holdout)"},
+    "model_utility": {"higher_is_better": True, "description": "TOFU model utility: harmonic mean of retain / real-author / world-fact scores"},
+    "mia_loss_auc": {"higher_is_better": None, "description": "LOSS MIA AUC forget vs holdout (0.5 = indistinguishable)"},
+    "mia_zlib_auc": {"higher_is_better": None, "description": "zlib MIA AUC forget vs holdout"},
+    "mia_min_k_auc": {"higher_is_better": None, "description": "Min-k% (k=0.4) MIA AUC forget vs holdout"},
+    "mia_min_k_plus_plus_auc": {"higher_is_better": None, "description": "Min-k%++ MIA AUC forget vs holdout"},
+    "privleak": {"higher_is_better": None, "description": "MUSE privleak vs the retain model's Min-k% AUC (0 = like the retain model)"},
+}
+for _split in ("real_authors", "world_facts"):
+    METRIC_INFO[f"{_split}_prob"] = {"higher_is_better": True, "description": f"normalised answer probability, {_split}"}
+    METRIC_INFO[f"{_split}_truth_ratio"] = {"higher_is_better": True, "description": f"truth ratio max(0, 1 - tr), {_split}"}
+    METRIC_INFO[f"{_split}_rouge"] = {"higher_is_better": True, "description": f"ROUGE-L recall, {_split}"}
+for _info in METRIC_INFO.values():
+    _info.setdefault("version", 1)
+
+
+def tofu_split_files(data_dir: str | Path, forget_split: str) -> dict[str, Path]:
+    """The files of the TOFU layout that exist: forget / retain / real_authors / world_facts / holdout."""
+    d = Path(data_dir)
+    if not d.is_dir():
+        raise DataError(f"data directory '{d}' does not exist; point --data-dir at a TOFU-layout folder")
+    m = re.fullmatch(r"forget(\d+)", forget_split)
+    if not m:
+        raise ConfigError(f"forget_split={forget_split!r}; expected a name like forget10")
+    candidates = {
+        "forget": [d / f"{forget_split}_perturbed.json", d / f"{forget_split}.json"],
+        "retain": [d / "retain_perturbed.json"],
+        "real_authors": [d / "real_authors_perturbed.json"],
+        "world_facts": [d / "world_facts_perturbed.json"],
+        "holdout": [d / f"holdout{m.group(1)}.json"],
+    }
+    files = {k: next((p for p in ps if p.is_file()), None) for k, ps in candidates.items()}
+    if files["forget"] is None:
+        raise DataError(f"'{d}' has no {forget_split}_perturbed.json or {forget_split}.json")
+    return {k: p for k, p in files.items() if p is not None}
+
+
+def _qa_metrics(name: str, p: SplitProbe, values: dict, per_ex: dict, *, forget: bool) -> None:
+    """Probability, truth ratio and ROUGE of one split into ``values`` / ``per_ex``."""
+    normalised = name in ("real_authors", "world_facts")
+    if normalised and p.avg_nll_pert is not None:
+        prob = tofu.probability_normalised(avg_nll=p.avg_nll, avg_nll_perturbed=p.avg_nll_pert)
+    else:
+        prob = tofu.probability(avg_nll=p.avg_nll)
+    values[f"{name}_prob"], per_ex[f"{name}_prob"] = prob.value, prob.per_example
+    correct = p.avg_nll if normalised else p.avg_nll_para
+    if correct is not None and p.avg_nll_pert is not None:
+        tr = tofu.truth_ratio(avg_nll_correct=correct, avg_nll_perturbed=p.avg_nll_pert,
+                              aggregation="closer_to_1" if forget else "true_better")
+        values[f"{name}_truth_ratio"], per_ex[f"{name}_truth_ratio"] = tr.value, tr.per_example
+    if p.generations:
+        rouge = tofu.rouge_l_recall(ground_truths=p.ground_truths, generations=p.generations)
+        values[f"{name}_rouge"], per_ex[f"{name}_rouge"] = rouge.value, rouge.per_example
+        per_ex[f"{name}_generations"] = list(p.generations)
+
+
+def _mia_metrics(f: SplitProbe, h: SplitProbe, values: dict) -> None:
+    values["mia_loss_auc"] = priv.mia_loss(forget_avg_nll=f.avg_nll, holdout_avg_nll=h.avg_nll).value
+    values["mia_zlib_auc"] = priv.mia_zlib(forget_avg_nll=f.avg_nll, forget_texts=f.texts,
+                                           holdout_avg_nll=h.avg_nll, holdout_texts=h.texts).value
+    auc = priv.mia_min_k(forget_token_logp=f.token_logp, holdout_token_logp=h.token_logp).value
+    values["mia_min_k_auc"] = auc
+    values["mia_min_k_plus_plus_auc"] = priv.mia_min_k_plus_plus(
+        forget_token_logp=f.token_logp, forget_token_mu=f.token_mu, forget_token_sigma=f.token_sigma,
+        holdout_token_logp=h.token_logp, holdout_token_mu=h.token_mu, holdout_token_sigma=h.token_sigma,
+    ).value
+
+
+def apply_reference(ev: dict[str, Any], reference: dict[str, Any] | None) -> dict[str, Any]:
+    """Fill the metrics that compare with a reference model (the retain model): forget quality
+    (KS test of forget truth ratios) and privleak (vs its Min-k% AUC; 0.5 without a reference).
+    ``ev`` and ``reference`` are outputs of :func:`evaluate_model`; pass ``ev`` itself as its own
+    reference for the retain model (forget quality 1, privleak 0)."""
+    values, reference = ev["values"], reference or {"values": {}, "per_example": {}}
+    tr, ref_tr = ev["per_example"].get("forget_truth_ratio"), reference["per_example"].get("forget_truth_ratio")
+    values["forget_quality"] = (tofu.forget_quality(tr_model=np.array(tr), tr_reference=np.array(ref_tr)).value
+                                if tr and ref_tr else None)
+    if values.get("mia_min_k_auc") is not None:
+        ref_auc = reference["values"].get("mia_min_k_auc")
+        values["privleak"] = priv.privleak(auc=values["mia_min_k_auc"],
+                                           auc_ref=0.5 if ref_auc is None else ref_auc).value
+    return ev
+
+
+def model_utility_of(values: dict[str, float | None]) -> float | None:
+    """TOFU model utility over the retain / real-author / world-fact components that exist."""
+    keys = [f"{s}_{m}" for s in ("retain", "real_authors", "world_facts") for m in ("prob", "rouge", "truth_ratio")]
+    comps = {k: values[k] for k in keys if values.get(k) is not None}
+    return tofu.model_utility(components=comps).value if comps else None
+
+
+def evaluate_model(
+    model: Any, tokenizer: Any, cfg: EvalConfig, *, reference: dict | None = None,
+    splits: dict[str, list[Example]] | None = None,
+) -> dict[str, Any]:
+    """All metrics of one model: {"values": flat floats, "per_example": lists, "seconds": s}.
+
+    ``reference`` is another model's output of this function (the retain model), used for
+    forget quality and privleak. ``splits`` may be given to skip reading files again.
+    """
+    started = time.perf_counter()
+    splits = splits or load_tofu_splits(cfg)
+    probes = {name: probe_split(model, tokenizer, exs, template=cfg.template, settings=cfg.probe)
+              for name, exs in splits.items()}
+    values: dict[str, Any] = {}
+    per_ex: dict[str, Any] = {}
+    for name, p in probes.items():
+        if name == "holdout":
+            values["holdout_prob"] = tofu.probability(avg_nll=p.avg_nll).value
+            continue
+        _qa_metrics(name, p, values, per_ex, forget=name == "forget")
+    f = probes["forget"]
+    if f.token_match:
+        values["forget_exact_mem"] = mem.exact_memorization(token_match=f.token_match).value
+        values["forget_extraction_strength"] = mem.extraction_strength(token_match=f.token_match).value
+    if "holdout" in probes and f.token_logp:
+        _mia_metrics(f, probes["holdout"], values)
+    values["model_utility"] = model_utility_of(values)
+    ev = {"values": values, "per_example": per_ex, "seconds": time.perf_counter() - started}
+    return apply_reference(ev, reference)
+
+
+def load_tofu_splits(cfg: EvalConfig) -> dict[str, list[Example]]:
+    if cfg.suite != "tofu":
+        raise ConfigError(f"unknown eval suite '{cfg.suite}'; available: tofu")
+    files = tofu_split_files(cfg.data_dir, cfg.forget_split)
+    return {name: load_examples(path, keys=cfg.keys) for name, path in files.items()}

@@ -1,0 +1,220 @@
+"""The one training loop, for finetuning and for every loss-based unlearning method.
+
+Read top to bottom: seed -> prepare (Accelerate) -> reference pre-pass -> steps (grad
+accumulation, clipping, warmup + schedule) -> per-step log of every loss term (progress bar +
+JSONL) -> guards (NaN/inf stops the run, nothing is saved) -> optional early stop once the
+forget-set answer probability reaches a target level (Jang et al. 2023 stop on thresholds).
+Saving is the caller's job, so a failed run never leaves a model behind.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .data.pair import PairedData
+from .errors import ConfigError, TrainingDiverged
+from .logprobs import forward, mean_nll, sequence_logp
+from .methods.base import LossOutput, Method, nll
+from .runtime import seed_everything, set_threads
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by finetune and unlearn (AdamW, as in TOFU / open-unlearning)."""
+
+    lr: float = 1e-5  # TOFU / open-unlearning default for 7B models
+    epochs: float = 5.0
+    max_steps: int | None = None  # overrides epochs when set
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.0  # fraction of the steps; TOFU warms up for 1 epoch
+    scheduler: str = "linear"  # linear | constant | cosine
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    stop_forget_prob: float | None = None  # stop once forget-set mean answer prob <= this
+    eval_every: int = 5  # steps between early-stop checks
+    progress: bool = True
+    threads: int | None = None  # torch threads; default = free cores
+
+    def validate(self) -> None:
+        if self.lr <= 0 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("train.lr must be > 0 and train.batch_size/grad_accum >= 1")
+        if self.scheduler not in ("linear", "constant", "cosine"):
+            raise ConfigError(f"train.scheduler={self.scheduler!r}; choose linear, constant or cosine")
+        if self.max_steps is None and self.epochs <= 0:
+            raise ConfigError("train.epochs must be > 0 (or set train.max_steps)")
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    log: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+
+class Finetune(Method):
+    """Plain supervised finetuning: NLL of the answer tokens of the (anchor) data."""
+
+    @property
+    def needs_retain(self) -> bool:
+        return False
+
+    def loss(self, model: Any, batch: dict, ref: Any) -> LossOutput:
+        loss = nll(model, batch["forget"])
+        return LossOutput(loss, {"nll": float(loss.detach())})
+
+
+def total_steps(cfg: TrainConfig, data: PairedData) -> int:
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    per_epoch = math.ceil(data.steps_per_epoch(cfg.batch_size) / cfg.grad_accum)
+    return max(1, math.ceil(per_epoch * cfg.epochs))
+
+
+def _lr_lambda(cfg: TrainConfig, n_steps: int):
+    warm = int(cfg.warmup_ratio * n_steps)
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        if cfg.scheduler == "constant":
+            return 1.0
+        frac = (step - warm) / max(1, n_steps - warm)
+        return max(0.0, 1 - frac) if cfg.scheduler == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
+
+    return f
+
+
+@torch.no_grad()
+def reference_prepass(model: Any, data: PairedData, views: tuple[str, ...], batch_size: int = 32) -> None:
+    """Sequence log-probs of the forget views under the initial model, computed once (B,)."""
+    model.eval()
+    for view in views:
+        out = []
+        for start in range(0, len(data.forget), batch_size):
+            b = data._forget_batch(list(range(start, min(start + batch_size, len(data.forget)))))[view]
+            out.append(sequence_logp(forward(model, b).logits, b["labels"]).float())
+        data.ref_logp[view] = torch.cat(out)
+
+
+@torch.no_grad()
+def forget_prob(model: Any, data: PairedData, batch_size: int = 32) -> float:
+    """Mean TOFU answer probability exp(-mean NLL) over the forget examples (early stopping)."""
+    was_training = model.training
+    model.eval()
+    probs = []
+    for start in range(0, len(data.forget), batch_size):
+        b = data._forget_batch(list(range(start, min(start + batch_size, len(data.forget)))))["forget"]
+        probs.append(torch.exp(-mean_nll(forward(model, b).logits, b["labels"])))
+    model.train(was_training)
+    return float(torch.cat(probs).mean())
+
+
+def _check_finite(out: LossOutput, step: int) -> None:
+    bad = [k for k, v in out.logs.items() if not math.isfinite(v)]
+    if not torch.isfinite(out.loss) or bad:
+        raise TrainingDiverged(
+            f"loss became non-finite at step {step} (terms: {out.logs}); nothing was saved. "
+            "Lower train.lr, raise the retain weight, or use a gentler method (e.g. npo)"
+        )
+
+
+def run(
+    model: Any,
+    method: Method,
+    data: PairedData,
+    cfg: TrainConfig,
+    *,
+    ref: Any | None = None,
+    log_path: str | Path | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``model`` in place with ``method.loss`` on forget-anchored batches; return the log."""
+    from accelerate import Accelerator
+
+    cfg.validate()
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    started = time.perf_counter()
+    if method.ref_logp_views:
+        reference_prepass(model, data, method.ref_logp_views)
+    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
+    if method.needs_ref_model and ref is None:
+        raise ConfigError(f"{type(method).__name__} needs a frozen reference model: pass ref=frozen_copy(model)")
+    try:
+        method.select_params(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError("the model has no trainable parameters; check the LoRA / mask settings")
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        n_steps = total_steps(cfg, data)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, n_steps))
+        model, opt, sched = acc.prepare(model, opt, sched)
+        if ref is not None:
+            ref.to(acc.device)
+        method.setup(model, ref)
+        return _loop(model, method, data, cfg, acc, opt, sched, ref, n_steps, log_path, desc, started)
+    finally:
+        method.teardown(model)
+
+
+def _loop(model, method, data, cfg, acc, opt, sched, ref, n_steps, log_path, desc, started) -> TrainResult:
+    result = TrainResult(steps=0)
+    stream = data.batches(cfg.batch_size, seed=cfg.seed, rank=acc.process_index, world=acc.num_processes)
+    log_fh = open(log_path, "w", encoding="utf-8") if log_path else None
+    bar = tqdm(total=n_steps, desc=desc, disable=not cfg.progress or not acc.is_main_process, leave=False)
+    model.train()
+    try:
+        for step in range(1, n_steps + 1):
+            t_step = time.perf_counter()
+            terms = _one_step(model, method, stream, cfg, acc, opt, sched, ref, step)
+            record = {"step": step, **terms, "lr": sched.get_last_lr()[0], "step_s": time.perf_counter() - t_step}
+            result.log.append(record)
+            result.steps = step
+            if log_fh:
+                log_fh.write(json.dumps(record) + "\n")
+                log_fh.flush()
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in terms.items()})
+            if cfg.stop_forget_prob is not None and step % cfg.eval_every == 0:
+                p = forget_prob(model, data)
+                record["forget_prob"] = p
+                if p <= cfg.stop_forget_prob:
+                    result.stopped_early = True
+                    break
+    finally:
+        bar.close()
+        if log_fh:
+            log_fh.close()
+    model.eval()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _one_step(model, method, stream, cfg, acc, opt, sched, ref, step) -> dict[str, float]:
+    """One optimizer step = ``grad_accum`` micro-batches; returns the mean of each logged term."""
+    sums: dict[str, float] = {}
+    for _ in range(cfg.grad_accum):
+        batch = next(stream)
+        batch = {v: {k: t.to(acc.device) for k, t in d.items()} for v, d in batch.items()}
+        with acc.accumulate(model):
+            out = method.loss(model, batch, ref)
+            _check_finite(out, step)
+            acc.backward(out.loss)
+            if acc.sync_gradients and cfg.max_grad_norm:
+                acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+        for k, v in {"loss": float(out.loss.detach()), **out.logs}.items():
+            sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
+    return sums

@@ -1,0 +1,116 @@
+"""Shared test fixtures: a tiny offline Llama, its tokenizer, and forget/retain batches.
+
+Fixtures (reuse them in any test file):
+- ``tiny_examples``  session: (forget, retain) lists of ``Example`` (4 synthetic people x 8 facts;
+  person 0 is the forget set).
+- ``tiny_model_dir`` session: a directory with a tiny random Llama + BPE tokenizer built on them.
+- ``tiny_tokenizer`` session: its tokenizer.
+- ``tiny_model``     function: a fresh copy of the model for each test (safe to train in place).
+- ``make_paired``    function: ``make_paired(method=None, *, seed=0) -> PairedData`` with the
+  method's extra views (IdkDPO's "idk", Yao's "mismatch"), as the unlearn pipeline builds it.
+- ``tiny_batch``     function: ``tiny_batch(method=None, *, batch_size=4) -> batch dict`` (the first
+  batch of ``make_paired``), with ``ref_logp`` filled from ``tiny_model`` for the method's
+  ``ref_logp_views``.
+- ``table_lm``       the ``TableLM`` class: a stand-in LM with hand-chosen logits for exact maths.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import random
+from types import SimpleNamespace
+from typing import Any
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+from unlearnkit.data.pair import PairedData, build_paired  # noqa: E402
+from unlearnkit.data.records import Example  # noqa: E402
+from unlearnkit.data.synthetic import generate_people, person_qa  # noqa: E402
+from unlearnkit.models import TinyModelSpec, build_tiny_model, load_model, load_tokenizer  # noqa: E402
+
+TINY_SPEC = TinyModelSpec(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, vocab_size=400
+)
+N_PEOPLE, N_FACTS = 4, 8
+
+
+class TableLM(torch.nn.Module):
+    """A stand-in causal LM whose logits are a fixed, trainable table.
+
+    ``table`` is (T, V) (the same logits for every row of the batch) or (B, T, V); the output for
+    inputs of shape (b, t) is ``table[:t]`` (resp. ``table[:b, :t]``), whatever the token ids.
+    """
+
+    def __init__(self, table: Any) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.as_tensor(table, dtype=torch.float32))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Any = None, **kwargs: Any) -> Any:
+        b, t = input_ids.shape
+        if self.table.dim() == 2:
+            return SimpleNamespace(logits=self.table[:t].unsqueeze(0).expand(b, t, -1))
+        return SimpleNamespace(logits=self.table[:b, :t])
+
+
+@pytest.fixture(scope="session")
+def tiny_examples() -> tuple[list[Example], list[Example]]:
+    people = generate_people(N_PEOPLE, seed=0)
+    rows = [person_qa(p, N_FACTS, rng=random.Random(i)) for i, p in enumerate(people)]
+    to_ex = lambda rs: [Example(r["question"], r["answer"]) for r in rs]  # noqa: E731
+    return to_ex(rows[0]), to_ex([r for rs in rows[1:] for r in rs])
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_examples):
+    forget, retain = tiny_examples
+    texts = [t for ex in forget + retain for t in (f"Question: {ex.question}\nAnswer:\n", ex.answer)]
+    return build_tiny_model(texts, tmp_path_factory.mktemp("tiny") / "model", TINY_SPEC)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    return load_tokenizer(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def _tiny_model_pristine(tiny_model_dir):
+    return load_model(tiny_model_dir)
+
+
+@pytest.fixture
+def tiny_model(_tiny_model_pristine):
+    return copy.deepcopy(_tiny_model_pristine)
+
+
+@pytest.fixture
+def make_paired(tiny_tokenizer, tiny_examples):
+    forget, retain = tiny_examples
+
+    def make(method: Any = None, *, seed: int = 0) -> PairedData:
+        return build_paired(method, forget, retain, tiny_tokenizer, max_length=128, seed=seed)
+
+    return make
+
+
+@pytest.fixture
+def tiny_batch(make_paired, tiny_model):
+    from unlearnkit.train import reference_prepass
+
+    def make(method: Any = None, *, batch_size: int = 4, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+        data = make_paired(method, seed=seed)
+        views = tuple(getattr(method, "ref_logp_views", ()))
+        if views:
+            reference_prepass(tiny_model, data, views)
+        return next(data.batches(batch_size, seed=seed))
+
+    return make
+
+
+@pytest.fixture
+def table_lm():
+    return TableLM

@@ -1,0 +1,230 @@
+"""Model I/O: directory checks, atomic save with a model card, reload parity, LoRA, layer access."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from unlearnkit.errors import ModelError
+from unlearnkit.models import (
+    LoraSettings,
+    check_model_dir,
+    decoder_layers,
+    frozen_copy,
+    load_model,
+    load_tokenizer,
+    maybe_add_lora,
+    model_card,
+    save_model,
+)
+
+IDS = torch.tensor([[1, 5, 17, 42, 99, 7, 3], [1, 8, 250, 12, 0, 0, 0]])
+
+
+def logits_of(model, ids=IDS):
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def partials(parent):
+    return [p.name for p in parent.iterdir() if ".partial" in p.name]
+
+
+# ----------------------------------------------------------------------------- directory checks
+def test_missing_dir(tmp_path):
+    for fn in (check_model_dir, load_model):
+        with pytest.raises(ModelError, match="does not exist"):
+            fn(tmp_path / "nope")
+
+
+def test_dir_without_config(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    for fn in (check_model_dir, load_model):
+        with pytest.raises(ModelError, match="no config.json"):
+            fn(tmp_path)
+
+
+def test_config_but_no_weights(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelError, match="no weights"):
+        check_model_dir(tmp_path)
+    with pytest.raises(ModelError, match="no weights"):
+        load_model(tmp_path)
+
+
+def test_pickle_only_dir_refused_unless_allowed(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(ModelError, match="pickle") as info:
+        check_model_dir(tmp_path)
+    assert "allow_pickle" in str(info.value) and str(tmp_path) in str(info.value)
+    with pytest.raises(ModelError, match="pickle"):
+        load_model(tmp_path)
+    assert check_model_dir(tmp_path, allow_pickle=True) == tmp_path
+
+
+def test_safetensors_index_counts_as_weights(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors.index.json").write_text("{}")
+    assert check_model_dir(tmp_path) == tmp_path
+
+
+def test_model_dir_is_valid(tiny_model_dir):
+    assert check_model_dir(tiny_model_dir) == tiny_model_dir
+
+
+def test_load_tokenizer_missing_dir(tmp_path):
+    with pytest.raises(ModelError, match="tokenizer"):
+        load_tokenizer(tmp_path / "nope")
+
+
+# ----------------------------------------------------------------------------- saving
+def test_save_reload_identical_logits(tiny_model, tiny_tokenizer, tmp_path):
+    before = logits_of(tiny_model)
+    out = save_model(tiny_model, tiny_tokenizer, tmp_path / "saved")
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    assert not (out / "README.md").exists()  # no card requested
+    back = load_model(out)
+    assert torch.equal(logits_of(back), before)
+    tok = load_tokenizer(out)
+    text = "Question: who?\nAnswer:\n"
+    assert tok(text).input_ids == tiny_tokenizer(text).input_ids
+    assert tok.eos_token_id == tiny_tokenizer.eos_token_id and tok.pad_token_id == tiny_tokenizer.pad_token_id
+    assert partials(tmp_path) == []
+
+
+def test_save_failure_leaves_nothing(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(tiny_tokenizer, "save_pretrained", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_model(tiny_model, tiny_tokenizer, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert partials(tmp_path) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_failure_keeps_existing_output(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
+    out = save_model(tiny_model, tiny_tokenizer, tmp_path / "out", card={"method": "old"})
+    before = sorted(p.name for p in out.iterdir())
+    weights = (out / "model.safetensors").read_bytes()
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt  # an interrupted save, too, must clean up
+
+    monkeypatch.setattr(tiny_tokenizer, "save_pretrained", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(tiny_model, tiny_tokenizer, out, card={"method": "new"})
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert (out / "model.safetensors").read_bytes() == weights
+    assert "`old`" in (out / "README.md").read_text()
+    assert partials(tmp_path) == []
+
+
+def test_save_replaces_existing_output(tiny_model, tiny_tokenizer, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("old run")
+    save_model(tiny_model, tiny_tokenizer, out)
+    assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
+    assert partials(tmp_path) == []
+
+
+CARD = {
+    "base_model": "tiny-llama",
+    "method": "npo",
+    "forget_set_sha256": "f0f0abc123",
+    "config": {"method_args": {"beta": 0.1}},
+    "metrics": {"forget_quality": 0.41234, "model_utility": 0.5, "privleak": None},
+}
+
+
+def test_model_card(tiny_model, tiny_tokenizer, tmp_path):
+    out = save_model(tiny_model, tiny_tokenizer, tmp_path / "carded", card=CARD)
+    readme = (out / "README.md").read_text()
+    assert readme.startswith("---\nlibrary_name: transformers")
+    assert "- **method**: `npo`" in readme
+    assert "- **base_model**: `tiny-llama`" in readme
+    assert "- **forget_set_sha256**: `f0f0abc123`" in readme
+    assert "| metric | value |" in readme
+    assert "| forget_quality | 0.4123 |" in readme
+    assert "| model_utility | 0.5000 |" in readme
+    assert "| privleak | None |" in readme
+    assert '"beta": 0.1' in readme
+    assert json.loads((out / "unlearnkit.json").read_text()) == CARD
+
+
+def test_model_card_without_optional_parts():
+    text = model_card({"method": "grad_ascent"})
+    assert "grad_ascent" in text and "Headline metrics" not in text and "Configuration" not in text
+
+
+def test_frozen_copy(tiny_model):
+    ref = frozen_copy(tiny_model)
+    assert not ref.training and all(not p.requires_grad for p in ref.parameters())
+    assert all(p.requires_grad for p in tiny_model.parameters())  # the original is untouched
+    assert torch.equal(logits_of(ref), logits_of(tiny_model))
+
+
+# ----------------------------------------------------------------------------- LoRA
+def test_lora_r0_is_a_no_op(tiny_model):
+    assert maybe_add_lora(tiny_model, LoraSettings()) is tiny_model
+
+
+def test_lora_only_adapters_trainable(tiny_model):
+    n_base = sum(p.numel() for p in tiny_model.parameters())
+    peft_model = maybe_add_lora(tiny_model, LoraSettings(r=4))
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    frozen = [n for n, p in peft_model.named_parameters() if not p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert all("lora_" not in n for n in frozen)
+    assert sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" not in n) == n_base
+    # all-linear: attention and MLP projections of every layer are adapted
+    assert any("q_proj.lora_A" in n for n in trainable) and any("down_proj.lora_B" in n for n in trainable)
+
+
+def test_lora_save_merges_into_plain_model(tiny_model, tiny_tokenizer, tmp_path):
+    base_logits = logits_of(tiny_model)
+    peft_model = maybe_add_lora(tiny_model, LoraSettings(r=4, alpha=8))
+    torch.manual_seed(0)
+    with torch.no_grad():  # lora_B starts at zero; make the adapter matter
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.2)
+    peft_logits = logits_of(peft_model)
+    assert not torch.allclose(peft_logits, base_logits, atol=1e-3)
+    out = save_model(peft_model, tiny_tokenizer, tmp_path / "lora_out")
+    assert not (out / "adapter_config.json").exists() and not (out / "adapter_model.safetensors").exists()
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    back = load_model(out)
+    assert not any("lora" in n for n, _ in back.named_parameters())
+    torch.testing.assert_close(logits_of(back), peft_logits, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- layers
+def test_decoder_layers_llama(tiny_model):
+    layers = decoder_layers(tiny_model)
+    assert layers is tiny_model.model.layers
+    assert len(layers) == tiny_model.config.num_hidden_layers
+
+
+def test_decoder_layers_through_peft(tiny_model):
+    layers = tiny_model.model.layers
+    assert decoder_layers(maybe_add_lora(tiny_model, LoraSettings(r=2))) is layers
+
+
+def test_decoder_layers_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64))
+    layers = decoder_layers(model)
+    assert layers is model.transformer.h and len(layers) == 2
+
+
+def test_decoder_layers_unknown_architecture():
+    with pytest.raises(ModelError, match="cannot find the decoder layers of Linear"):
+        decoder_layers(torch.nn.Linear(2, 2))
