@@ -5,7 +5,7 @@ Llama model, the same forget/retain batches (synthetic benchmark, batch 16) and 
   ours/bare tokens/s for grad_diff and npo       target >= 0.90
   NPO step time / GA step time                   target <= 1.15 (reference log-probs pre-computed)
   NPO peak RSS / GA peak RSS                     target <= 1.10 (no second model resident)
-Run: python bench/step_throughput.py [--steps 40] [--threads 2]
+Run: python bench/step_throughput.py [--steps 40] [--threads 2] [--repeats 2]
 """
 from __future__ import annotations
 
@@ -101,6 +101,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--worker")
     a = ap.parse_args()
     if a.worker:
@@ -112,17 +113,20 @@ def main() -> None:
     from unlearnkit.runtime import free_cores
 
     threads = a.threads or free_cores()
-    res = {}
-    for kind in KINDS:
-        out = subprocess.run([sys.executable, __file__, "--worker", kind, "--steps", str(a.steps), "--threads", str(threads)],
-                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-        if out.returncode:
-            sys.exit(f"{kind} failed:\n{out.stderr[-3000:]}")
-        res[kind] = json.loads(out.stdout.strip().splitlines()[-1])
-        r = res[kind]
-        print(f"{kind:18s} step {r['step_s'] * 1000:7.1f} ms  {r['tokens_per_s']:8.0f} tok/s  peak RSS {r['peak_rss_mb']:6.0f} MB", flush=True)
+    res: dict[str, dict] = {}
+    for rep in range(a.repeats):  # interleaved repeats; keep each kind's fastest median (least noise)
+        for kind in KINDS:
+            out = subprocess.run([sys.executable, __file__, "--worker", kind, "--steps", str(a.steps), "--threads", str(threads)],
+                                 capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+            if out.returncode:
+                sys.exit(f"{kind} failed:\n{out.stderr[-3000:]}")
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"[{rep + 1}/{a.repeats}] {kind:22s} step {r['step_s'] * 1000:7.1f} ms  {r['tokens_per_s']:8.0f} tok/s  "
+                  f"peak RSS {r['peak_rss_mb']:6.0f} MB", flush=True)
+            if kind not in res or r["step_s"] < res[kind]["step_s"]:
+                res[kind] = r
     ratio = lambda a_, b_, k: res[a_][k] / res[b_][k]  # noqa: E731
-    print(f"\nthreads={threads}, steps={a.steps} (median step time after {WARMUP} warm-up steps)")
+    print(f"\nthreads={threads}, steps={a.steps}, repeats={a.repeats} (best median step time after {WARMUP} warm-up steps)")
     print(f"grad_diff ours/bare tokens/s : {ratio('ours_grad_diff', 'bare_grad_diff', 'tokens_per_s'):.3f}  (target >= 0.90)")
     print(f"npo       ours/bare tokens/s : {ratio('ours_npo', 'bare_npo', 'tokens_per_s'):.3f}  (target >= 0.90)")
     print(f"NPO / GA step time           : {ratio('ours_npo_forget_only', 'ours_grad_ascent', 'step_s'):.3f}  (target <= 1.15; both forget-only)")

@@ -53,7 +53,7 @@ def test_rejects_bad_values_with_config_error(name):
     bad.update({f.name: -1.0 for f in dataclasses.fields(cls) if f.name in POSITIVE})
     if not bad:
         assert not dataclasses.fields(cls), f"{name} has hyperparameters but none is validated"
-        pytest.skip(f"{name} has no hyperparameters")
+        return  # nothing to validate: a method without hyperparameters
     for field_name, value in bad.items():
         with pytest.raises(ConfigError, match=field_name):
             cls(**{field_name: value})

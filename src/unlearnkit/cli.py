@@ -79,6 +79,8 @@ def _model_flags(cfg: Any, ns: argparse.Namespace) -> None:
         cfg.out = ns.out
     if ns.no_progress and hasattr(cfg, "train"):
         cfg.train.progress = False
+    if ns.no_progress and hasattr(cfg, "probe"):
+        cfg.probe.progress = False
 
 
 def cmd_finetune(ns: argparse.Namespace) -> int:

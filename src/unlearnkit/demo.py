@@ -87,7 +87,7 @@ def run_demo(cfg: DemoConfig | None = None, *, progress: bool = True, log=print)
                                             out / "retain", cfg.finetune, progress)
     log(f"[2/4] finetuned target and retain models ({timing['finetune_target_s']:.0f}s + {timing['finetune_retain_s']:.0f}s)")
     ecfg = EvalConfig(data_dir=str(data_dir), forget_split=cfg.forget_split,
-                      probe=ProbeSettings(max_new_tokens=cfg.max_new_tokens))
+                      probe=ProbeSettings(max_new_tokens=cfg.max_new_tokens, progress=progress))
     splits = load_tofu_splits(ecfg)
     t = time.perf_counter()
     ev = {"retain": _eval(out / "retain", ecfg, splits, None)}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .config import EvalConfig
 from .data.records import Example, load_examples
@@ -136,8 +137,9 @@ def evaluate_model(
     """
     started = time.perf_counter()
     splits = splits or load_tofu_splits(cfg)
+    bar = tqdm(splits.items(), desc="evaluate", disable=not cfg.probe.progress, leave=False)
     probes = {name: probe_split(model, tokenizer, exs, template=cfg.template, settings=cfg.probe)
-              for name, exs in splits.items()}
+              for name, exs in bar}
     values: dict[str, Any] = {}
     per_ex: dict[str, Any] = {}
     for name, p in probes.items():

@@ -357,6 +357,10 @@ def plot_quality_utility(results: Mapping[str, Any]) -> Any | None:
     ax.set_xlabel(f"forget quality {_arrow(results, 'forget_quality')}" + (" (log scale)" if log_x else ""))
     ax.set_ylabel(f"model utility {_arrow(results, 'model_utility')}")
     ax.set_title("Forget quality vs model utility")
+    missing = [_label(n) for n in _models(results) if n not in {p[0] for p in points}]
+    if missing:
+        ax.text(0.01, 0.01, "not shown (null score): " + ", ".join(missing), transform=ax.transAxes,
+                fontsize=7, color="0.4", va="bottom")
     ax.margins(0.15)
     ax.grid(alpha=0.3)
     return fig
@@ -448,7 +452,8 @@ def plot_training(results: Mapping[str, Any]) -> Any | None:
 
 _PLOTS: tuple[tuple[str, Callable[[Mapping[str, Any]], Any], str], ...] = (
     ("answer probability per split", plot_probs,
-     "Unlearning should lower the forget bars and leave retain / holdout close to the target model."),
+     "After unlearning, the forget bar should fall to the level of the retain model (never trained "
+     "on the forget set) while the retain bars stay as high as the target model's."),
     ("forget quality vs model utility", plot_quality_utility,
      "Top-right is best. Models with a null score are left out."),
     ("per-example forget truth ratio", plot_truth_ratio,

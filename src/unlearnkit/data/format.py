@@ -60,10 +60,11 @@ def encode(
     answer: str,
     tokenizer: Any,
     *,
-    template: PromptTemplate = PromptTemplate(),
+    template: PromptTemplate | None = None,
     max_length: int = 512,
 ) -> Encoded:
     """Tokenize prompt + answer + EOS; labels are -100 on the prompt tokens."""
+    template = template or PromptTemplate()
     prompt = render_prompt(question, tokenizer, template)
     special = not _uses_chat(tokenizer, template)  # a chat template already carries BOS
     n_prompt = len(tokenizer(prompt, add_special_tokens=special).input_ids)
@@ -80,7 +81,7 @@ def encode_all(
     pairs: Sequence[tuple[str | None, str]],
     tokenizer: Any,
     *,
-    template: PromptTemplate = PromptTemplate(),
+    template: PromptTemplate | None = None,
     max_length: int = 512,
     what: str = "examples",
 ) -> list[Encoded]:

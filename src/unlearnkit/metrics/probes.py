@@ -14,7 +14,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..data.format import Encoded, PromptTemplate, collate, encode, render_prompt
 from ..data.records import Example
@@ -43,7 +42,7 @@ class ProbeSettings:
     max_new_tokens: int = 200  # TOFU generation length
     generate: bool = True
     token_stats: bool = True
-    progress: bool = False
+    progress: bool = True  # a progress bar over splits
 
 
 def _batches(items: Sequence[Any], size: int):
@@ -112,10 +111,10 @@ def ground_truth_text(enc: Encoded, tokenizer: Any) -> str:
 
 def probe_split(
     model: Any, tokenizer: Any, examples: Sequence[Example], *,
-    template: PromptTemplate = PromptTemplate(), settings: ProbeSettings = ProbeSettings(),
+    template: PromptTemplate | None = None, settings: ProbeSettings | None = None,
 ) -> SplitProbe:
     """Run every probe on one split of examples."""
-    s, pad = settings, tokenizer.pad_token_id
+    template, s, pad = template or PromptTemplate(), settings or ProbeSettings(), tokenizer.pad_token_id
     model.eval()
     enc = [encode(e.question, e.answer, tokenizer, template=template, max_length=s.max_length) for e in examples]
     main = _score(model, enc, pad, s.batch_size, s.token_stats)
