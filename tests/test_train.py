@@ -99,3 +99,9 @@ def test_finetune_api_writes_model_and_log(tiny_model_dir, tiny_examples, tmp_pa
     assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
     log = Path(str(out) + ".train_log.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in log] == [1, 2, 3]
+
+
+def test_schedule_steps_once_per_update(tiny_model, make_paired):
+    """Linear decay over 4 updates of 2 micro-batches each: lr goes 3/4, 2/4, 1/4, 0 of the peak."""
+    res = run(tiny_model, Finetune(), make_paired(), _cfg(lr=1e-3, max_steps=4, batch_size=4, grad_accum=2))
+    assert [round(r["lr"] / 1e-3, 6) for r in res.log] == [0.75, 0.5, 0.25, 0.0]

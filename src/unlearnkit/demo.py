@@ -42,7 +42,11 @@ class DemoConfig:
     method_args: dict[str, Any] = field(default_factory=lambda: {"beta": 0.1, "retain_loss": "nll", "retain_weight": 10.0})
     unlearn: TrainConfig = field(default_factory=lambda: TrainConfig(
         lr=1e-4, max_steps=150, batch_size=16, scheduler="constant", eval_every=2))
-    stop_margin: float = 0.05  # stop once forget prob <= retain model's forget prob + margin
+    # Stop once forget prob <= the retain model's forget prob + margin. Measured on the full demo
+    # (NPO, lr 1e-4, retain weight 10): margin +0.05 -> FQ 0.007, Min-k AUC 0.84 (still detectable);
+    # margin 0 -> FQ 0.097, AUC 0.36, retain prob 0.991; no stop (150 steps) -> FQ 0.58 but AUC 0.01:
+    # over-forgetting makes the forget set suspiciously unlikely, which an MIA also detects.
+    stop_margin: float = 0.0
     max_new_tokens: int = 40
     seed: int = 0
 

@@ -158,7 +158,9 @@ def run(
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         n_steps = total_steps(cfg, data)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, n_steps))
-        model, opt, sched = acc.prepare(model, opt, sched)
+        # The scheduler is not prepared: Accelerate would step it once per process, but every
+        # process here sees a slice of the same global batch, so it must step once per update.
+        model, opt = acc.prepare(model, opt)
         if ref is not None:
             ref.to(acc.device)
         method.setup(model, ref)
@@ -212,8 +214,9 @@ def _one_step(model, method, stream, cfg, acc, opt, sched, ref, step) -> dict[st
             acc.backward(out.loss)
             if acc.sync_gradients and cfg.max_grad_norm:
                 acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            opt.step()
-            sched.step()
+            opt.step()  # a no-op on accumulation micro-steps (Accelerate)
+            if acc.sync_gradients:
+                sched.step()
             opt.zero_grad(set_to_none=True)
         for k, v in {"loss": float(out.loss.detach()), **out.logs}.items():
             sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
