@@ -96,3 +96,32 @@ def test_real_tofu_rows_full_metric_set(tiny_model, tiny_tokenizer, tmp_path):
     assert 0 <= v["real_authors_prob"] <= 1  # normalised over true + 3 perturbed answers
     first = json.loads((tmp_path / "real_authors_perturbed.json").read_text().splitlines()[0])
     assert ev["per_example"]["real_authors_generations"][0] is not None and first["answer"]
+
+
+def test_el_continuations_match_unbatched_greedy(tiny_model, tiny_tokenizer, layout):
+    """Left-padded batched prefixes give the same greedy continuation as one prefix alone."""
+    from unlearnkit.metrics.probes import el_continuations
+
+    ex = load_examples(layout / "forget10.json")[0]
+    enc = encode(ex.question, ex.answer, tiny_tokenizer)
+    targets, conts = el_continuations(tiny_model, tiny_tokenizer, [enc])
+    T = len(targets[0])
+    assert targets[0] == enc.input_ids[enc.prompt_len:-1] and len(conts[0]) == T - 1
+    t = 2
+    prefix = torch.tensor([enc.input_ids[: enc.prompt_len + t]])
+    alone = tiny_model.generate(input_ids=prefix, attention_mask=torch.ones_like(prefix), do_sample=False,
+                                max_new_tokens=T - t, pad_token_id=tiny_tokenizer.eos_token_id)[0, prefix.shape[1]:].tolist()
+    eos = tiny_tokenizer.eos_token_id
+    assert conts[0][t - 1] == (alone[: alone.index(eos)] if eos in alone else alone)
+    assert all(len(c) <= T - i for i, c in enumerate(conts[0], 1))
+
+
+def test_jang_metrics_with_holdout_thresholds(tiny_model, tiny_tokenizer, layout):
+    cfg = EvalConfig(data_dir=str(layout), forget_split="forget10",
+                     probe=ProbeSettings(batch_size=8, max_new_tokens=4, el_n=2, generate=False))
+    v = evaluate_model(tiny_model, tiny_tokenizer, cfg)["values"]
+    for key in ("forget_ma", "holdout_ma", "forget_el2", "holdout_el2"):
+        assert 0.0 <= v[key] <= 1.0, key
+    expected = float(v["forget_ma"] < v["holdout_ma"] and v["forget_el2"] < v["holdout_el2"])
+    assert v["jang_forgotten"] == expected
+    assert "forget_rouge" not in v  # generate=False skips ROUGE

@@ -73,7 +73,8 @@ def unlearn(cfg: UnlearnConfig) -> TrainResult:
             "retain_set_sha256": examples_sha256(retain) if retain else None,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "train_steps": result.steps,
             "stopped_early": result.stopped_early}
-    save_model(model, tok, out, card=card)
+    if result.is_main_process:
+        save_model(model, tok, out, card=card)
     return result
 
 
@@ -89,7 +90,8 @@ def finetune(cfg: FinetuneConfig) -> TrainResult:
     result = run(model, Finetune(), data, cfg.train, log_path=_log_path(out), desc="finetune")
     card = {"title": "Finetuned with unlearnkit", "base_model": cfg.model.path, "method": "finetune",
             "config": asdict(cfg), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    save_model(model, tok, out, card=card)
+    if result.is_main_process:
+        save_model(model, tok, out, card=card)
     return result
 
 

@@ -91,7 +91,8 @@ def cmd_finetune(ns: argparse.Namespace) -> int:
     _model_flags(cfg, ns)
     cfg.data.train = ns.data or cfg.data.train
     res = api.finetune(cfg)
-    print(f"finetuned in {res.steps} steps ({res.seconds:.0f}s) -> {cfg.out}")
+    if res.is_main_process:
+        print(f"finetuned in {res.steps} steps ({res.seconds:.0f}s) -> {cfg.out}")
     return 0
 
 
@@ -106,7 +107,8 @@ def cmd_unlearn(ns: argparse.Namespace) -> int:
     cfg.method = ns.method or cfg.method
     res = api.unlearn(cfg)
     early = " (stopped early)" if res.stopped_early else ""
-    print(f"unlearned with {cfg.method} in {res.steps} steps ({res.seconds:.0f}s){early} -> {cfg.out}")
+    if res.is_main_process:
+        print(f"unlearned with {cfg.method} in {res.steps} steps ({res.seconds:.0f}s){early} -> {cfg.out}")
     return 0
 
 

@@ -43,6 +43,9 @@ METRIC_INFO: dict[str, dict[str, Any]] = {
     "mia_min_k_plus_plus_auc": {"higher_is_better": None, "description": "Min-k%++ MIA AUC forget vs holdout"},
     "privleak": {"higher_is_better": None, "description": "MUSE privleak vs the retain model's Min-k% AUC (0 = like the retain model)"},
 }
+for _split in ("forget", "holdout"):
+    METRIC_INFO[f"{_split}_ma"] = {"higher_is_better": None, "description": f"Jang et al. memorization accuracy, {_split} answers"}
+METRIC_INFO["jang_forgotten"] = {"higher_is_better": True, "description": "1 if forget MA and EL_n are both below the holdout (never seen) values, Jang et al. 2023"}
 for _split in ("real_authors", "world_facts"):
     METRIC_INFO[f"{_split}_prob"] = {"higher_is_better": True, "description": f"normalised answer probability, {_split}"}
     METRIC_INFO[f"{_split}_truth_ratio"] = {"higher_is_better": True, "description": f"truth ratio max(0, 1 - tr), {_split}"}
@@ -103,6 +106,27 @@ def _mia_metrics(f: SplitProbe, h: SplitProbe, values: dict) -> None:
     ).value
 
 
+def _jang_metrics(probes: dict[str, SplitProbe], values: dict, n: int) -> None:
+    """Jang et al. 2023 MA and EL_n on the forget answers; the same on the holdout split (people
+    the model never saw) gives the paper's "forgotten" thresholds. Answers with <= n tokens are
+    left out of EL_n (it is undefined for them)."""
+    for split in ("forget", "holdout"):
+        p = probes.get(split)
+        if p is None:
+            continue
+        if p.token_match:
+            values[f"{split}_ma"] = mem.memorization_accuracy(token_match=p.token_match).value
+        METRIC_INFO.setdefault(f"{split}_el{n}", {"higher_is_better": None, "version": 1,
+                               "description": f"Jang et al. EL_{n} (n-gram extraction likelihood), {split} answers"})
+        keep = [i for i, t in enumerate(p.el_targets) if len(t) > n]
+        values[f"{split}_el{n}"] = mem.el_n_batch(
+            target_ids=[p.el_targets[i] for i in keep], continuations=[p.el_continuations[i] for i in keep], n=n,
+        ).value if keep else None
+    th_ma, th_el = values.get("holdout_ma"), values.get(f"holdout_el{n}")
+    if None not in (th_ma, th_el, values.get("forget_ma"), values.get(f"forget_el{n}")):
+        values["jang_forgotten"] = float(mem.is_forgotten(values["forget_ma"], values[f"forget_el{n}"], th_ma, th_el))
+
+
 def apply_reference(ev: dict[str, Any], reference: dict[str, Any] | None) -> dict[str, Any]:
     """Fill the metrics that compare with a reference model (the retain model): forget quality
     (KS test of forget truth ratios) and privleak (vs its Min-k% AUC; 0.5 without a reference).
@@ -153,6 +177,8 @@ def evaluate_model(
         values["forget_extraction_strength"] = mem.extraction_strength(token_match=f.token_match).value
     if "holdout" in probes and f.token_logp:
         _mia_metrics(f, probes["holdout"], values)
+    if cfg.probe.el_n:
+        _jang_metrics(probes, values, cfg.probe.el_n)
     values["model_utility"] = model_utility_of(values)
     ev = {"values": values, "per_example": per_ex, "seconds": time.perf_counter() - started}
     return apply_reference(ev, reference)

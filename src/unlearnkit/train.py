@@ -59,6 +59,7 @@ class TrainResult:
     log: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
     seconds: float = 0.0
+    is_main_process: bool = True  # under `accelerate launch`, only the main process saves
 
 
 class Finetune(Method):
@@ -94,15 +95,21 @@ def _lr_lambda(cfg: TrainConfig, n_steps: int):
     return f
 
 
+def _forget_views(model: Any, data: PairedData, view: str, batch_size: int):
+    """Batches of one forget view in order, on the model's device."""
+    device = next(model.parameters()).device
+    for start in range(0, len(data.forget), batch_size):
+        b = data._forget_batch(list(range(start, min(start + batch_size, len(data.forget)))))[view]
+        yield {k: t.to(device) for k, t in b.items()}
+
+
 @torch.no_grad()
 def reference_prepass(model: Any, data: PairedData, views: tuple[str, ...], batch_size: int = 32) -> None:
     """Sequence log-probs of the forget views under the initial model, computed once (B,)."""
     model.eval()
     for view in views:
-        out = []
-        for start in range(0, len(data.forget), batch_size):
-            b = data._forget_batch(list(range(start, min(start + batch_size, len(data.forget)))))[view]
-            out.append(sequence_logp(forward(model, b).logits, b["labels"]).float())
+        out = [sequence_logp(forward(model, b).logits, b["labels"]).float().cpu()
+               for b in _forget_views(model, data, view, batch_size)]
         data.ref_logp[view] = torch.cat(out)
 
 
@@ -111,10 +118,8 @@ def forget_prob(model: Any, data: PairedData, batch_size: int = 32) -> float:
     """Mean TOFU answer probability exp(-mean NLL) over the forget examples (early stopping)."""
     was_training = model.training
     model.eval()
-    probs = []
-    for start in range(0, len(data.forget), batch_size):
-        b = data._forget_batch(list(range(start, min(start + batch_size, len(data.forget)))))["forget"]
-        probs.append(torch.exp(-mean_nll(forward(model, b).logits, b["labels"])))
+    probs = [torch.exp(-mean_nll(forward(model, b).logits, b["labels"])).cpu()
+             for b in _forget_views(model, data, "forget", batch_size)]
     model.train(was_training)
     return float(torch.cat(probs).mean())
 
@@ -172,7 +177,7 @@ def run(
 def _loop(model, method, data, cfg, acc, opt, sched, ref, n_steps, log_path, desc, started) -> TrainResult:
     result = TrainResult(steps=0)
     stream = data.batches(cfg.batch_size, seed=cfg.seed, rank=acc.process_index, world=acc.num_processes)
-    log_fh = open(log_path, "w", encoding="utf-8") if log_path else None
+    log_fh = open(log_path, "w", encoding="utf-8") if log_path and acc.is_main_process else None
     bar = tqdm(total=n_steps, desc=desc, disable=not cfg.progress or not acc.is_main_process, leave=False)
     model.train()
     try:
@@ -198,7 +203,9 @@ def _loop(model, method, data, cfg, acc, opt, sched, ref, n_steps, log_path, des
         if log_fh:
             log_fh.close()
     model.eval()
+    acc.wait_for_everyone()
     result.seconds = time.perf_counter() - started
+    result.is_main_process = acc.is_main_process
     return result
 
 

@@ -33,6 +33,8 @@ class SplitProbe:
     texts: list[str] = field(default_factory=list)  # the answers (for zlib)
     ground_truths: list[str] = field(default_factory=list)
     generations: list[str] = field(default_factory=list)
+    el_targets: list[list[int]] = field(default_factory=list)  # answer ids without EOS
+    el_continuations: list[list[list[int]]] = field(default_factory=list)  # per prefix length t
 
 
 @dataclass
@@ -42,6 +44,7 @@ class ProbeSettings:
     max_new_tokens: int = 200  # TOFU generation length
     generate: bool = True
     token_stats: bool = True
+    el_n: int = 0  # Jang et al. EL_n on the answers (forget + holdout); 0 = off (costs T-1 generations each)
     progress: bool = True  # a progress bar over splits
 
 
@@ -127,6 +130,8 @@ def probe_split(
     if k:
         cols = [_alt_nll(model, tokenizer, examples, template, s, lambda e, j=j: e.perturbed_answers[j]) for j in range(k)]
         probe.avg_nll_pert = np.stack(cols, axis=1)  # (N, K)
+    if s.el_n:
+        probe.el_targets, probe.el_continuations = el_continuations(model, tokenizer, enc)
     if s.generate:
         probe.ground_truths = [ground_truth_text(e, tokenizer) for e in enc]
         probe.generations = greedy_answers(model, tokenizer, [e.question for e in examples], template, s)
@@ -140,3 +145,34 @@ def _alt_nll(model, tokenizer, examples, template, s, pick) -> np.ndarray | None
         return None
     enc = [encode(e.question, a, tokenizer, template=template, max_length=s.max_length) for e, a in zip(examples, answers)]
     return np.array(_score(model, enc, tokenizer.pad_token_id, s.batch_size, False)["avg_nll"])
+
+
+@torch.inference_mode()
+def el_continuations(model: Any, tokenizer: Any, encs: Sequence[Encoded]) -> tuple[list, list]:
+    """Greedy continuations of every answer prefix, for Jang et al.'s EL_n on QA answers.
+
+    For an answer a_1..a_T (EOS excluded) and t = 1..T-1, the prefix is prompt + a_<t+1... i.e. the
+    prompt followed by the first t answer tokens, and the continuation is the next T - t greedy
+    tokens (cut at EOS, as HF generation stops there). All prefixes of one example run as one
+    left-padded batch. Adaptation: Jang et al. use whole 200-token sequences with no prompt.
+    """
+    eos, targets, conts = tokenizer.eos_token_id, [], []
+    for e in encs:
+        answer = e.input_ids[e.prompt_len : -1]  # (T,) without EOS
+        T = len(answer)
+        prefixes = [e.input_ids[: e.prompt_len + t] for t in range(1, T)]
+        outs: list[list[int]] = []
+        if prefixes:
+            width = max(len(p) for p in prefixes)
+            ids = torch.full((len(prefixes), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, p in enumerate(prefixes):  # left padding
+                ids[i, width - len(p) :], mask[i, width - len(p) :] = torch.tensor(p), 1
+            gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=T - 1,
+                                 pad_token_id=eos, eos_token_id=eos)[:, width:]
+            for t, row in enumerate(gen.tolist(), 1):
+                row = row[: T - t]
+                outs.append(row[: row.index(eos)] if eos in row else row)
+        targets.append(answer)
+        conts.append(outs)
+    return targets, conts
