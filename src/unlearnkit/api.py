@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import EvalConfig, FinetuneConfig, ModelConfig, UnlearnConfig, build_method
-from .data.format import encode_all
-from .data.pair import PairedData, build_paired
+from .data.pair import build_paired
 from .data.records import Example, examples_sha256, load_examples
 from .errors import ConfigError, UnlearnkitError
 from .evaluate import METRIC_INFO, evaluate_model
@@ -84,9 +83,8 @@ def finetune(cfg: FinetuneConfig) -> TrainResult:
     records = load_examples(_require(cfg.data.train, "data.train (--data FILE)"), keys=cfg.data.keys)
     model, tok = _load(cfg.model)
     model = maybe_add_lora(model, cfg.model.lora)
-    enc = encode_all([(e.question, e.answer) for e in records], tok, template=cfg.data.template,
-                     max_length=cfg.data.max_length, what="training records")
-    data = PairedData([{"forget": e} for e in enc], [], tok.pad_token_id)
+    data = build_paired(Finetune(), records, [], tok, template=cfg.data.template,
+                        max_length=cfg.data.max_length, seed=cfg.train.seed)
     result = run(model, Finetune(), data, cfg.train, log_path=_log_path(out), desc="finetune")
     card = {"title": "Finetuned with unlearnkit", "base_model": cfg.model.path, "method": "finetune",
             "config": asdict(cfg), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -21,7 +21,7 @@ from .data.records import load_examples
 from .data.synthetic import corpus_text, write_tofu_layout
 from .evaluate import METRIC_INFO, apply_reference, evaluate_model, load_tofu_splits
 from .metrics.probes import ProbeSettings
-from .models import TinyModelSpec, build_tiny_model, load_model, load_tokenizer
+from .models import TinyModelSpec, add_card_metrics, build_tiny_model, load_model, load_tokenizer
 from .train import TrainConfig
 
 
@@ -113,6 +113,8 @@ def run_demo(cfg: DemoConfig | None = None, *, progress: bool = True, log=print)
     log(f"[3/4] unlearned with {cfg.method} in {result.steps} steps ({timing['unlearn_s']:.0f}s)"
         f"{', stopped early at the retain level' if result.stopped_early else ''}")
     ev["unlearned"] = _eval(out / "unlearned", ecfg, splits, ev["retain"])
+    headline = ("forget_prob", "retain_prob", "forget_truth_ratio", "forget_quality", "model_utility", "privleak")
+    add_card_metrics(out / "unlearned", {k: ev["unlearned"]["values"].get(k) for k in headline})
     timing["total_s"] = time.perf_counter() - t0
     doc = build_results(
         models={k: {"path": str(out / k), **ev[k]["values"]} for k in ("target", "retain", "unlearned")},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from .errors import ConfigError, DataError
 from .metrics import memorization as mem
 from .metrics import privacy as priv
 from .metrics import tofu
-from .metrics.probes import SplitProbe, probe_split
+from .metrics.probes import ProbeSettings, SplitProbe, probe_split
 
 # Flat result keys and their metadata (direction, version, description).
 METRIC_INFO: dict[str, dict[str, Any]] = {
@@ -150,6 +151,14 @@ def model_utility_of(values: dict[str, float | None]) -> float | None:
     return tofu.model_utility(components=comps).value if comps else None
 
 
+def _settings_for(split: str, s: ProbeSettings) -> ProbeSettings:
+    """Only the probes a split's metrics use: no generation on holdout (no ROUGE there); per-token
+    statistics (EM, extraction strength, MIA) and EL_n continuations only on forget and holdout."""
+    mia_side = split in ("forget", "holdout")
+    return replace(s, generate=s.generate and split != "holdout", el_n=s.el_n if mia_side else 0,
+                   token_stats=s.token_stats and mia_side)
+
+
 def evaluate_model(
     model: Any, tokenizer: Any, cfg: EvalConfig, *, reference: dict | None = None,
     splits: dict[str, list[Example]] | None = None,
@@ -162,7 +171,7 @@ def evaluate_model(
     started = time.perf_counter()
     splits = splits or load_tofu_splits(cfg)
     bar = tqdm(splits.items(), desc="evaluate", disable=not cfg.probe.progress, leave=False)
-    probes = {name: probe_split(model, tokenizer, exs, template=cfg.template, settings=cfg.probe)
+    probes = {name: probe_split(model, tokenizer, exs, template=cfg.template, settings=_settings_for(name, cfg.probe))
               for name, exs in bar}
     values: dict[str, Any] = {}
     per_ex: dict[str, Any] = {}

@@ -197,6 +197,18 @@ def save_model(
     return out
 
 
+def add_card_metrics(model_dir: str | os.PathLike, metrics: dict[str, float | None]) -> None:
+    """Add headline metrics to a saved model's card (README.md + unlearnkit.json), atomically."""
+    d = Path(model_dir)
+    meta_path = d / "unlearnkit.json"
+    card = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    card["metrics"] = {**card.get("metrics", {}), **metrics}
+    for name, text in (("unlearnkit.json", json.dumps(card, indent=2, default=str)), ("README.md", model_card(card))):
+        tmp = d / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, d / name)
+
+
 def model_card(card: dict[str, Any]) -> str:
     """A README.md model card: base model, method and config, forget-set hash, headline metrics."""
     lines = ["---", "library_name: transformers", "tags: [unlearnkit, machine-unlearning]", "---", ""]

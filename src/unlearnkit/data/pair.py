@@ -82,7 +82,7 @@ def build_paired(
     template = template or PromptTemplate()
     rng = random.Random(seed)
     base = encode_all([(e.question, e.answer) for e in forget], tokenizer, template=template,
-                      max_length=max_length, what="forget records")
+                      max_length=max_length, what="records")
     items = []
     for ex, enc in zip(forget, base):
         views = {"forget": enc}
