@@ -19,13 +19,15 @@ from unlearnkit.data.records import load_examples
 from unlearnkit.models import load_model, load_tokenizer
 from unlearnkit.train import TrainConfig, run
 state = PartialState(cpu=True)
-model_dir, forget, retain = sys.argv[1:4]
+model_dir, forget, retain, out_dir = sys.argv[1:5]
 model, tok = load_model(model_dir), load_tokenizer(model_dir)
 method = build_method("grad_diff", {})
 data = build_paired(method, load_examples(forget), load_examples(retain), tok)
 res = run(model, method, data, TrainConfig(lr=1e-3, max_steps=3, batch_size=4, progress=False, threads=1))
-checksum = sum(float(p.double().sum()) for p in model.parameters())
-print("RESULT", state.process_index, state.num_processes, res.steps, repr(checksum), flush=True)
+checksum = sum(float(p.detach().double().sum()) for p in model.parameters())
+# one file per rank: lines printed by two processes on one pipe can interleave
+with open(f"{out_dir}/rank{state.process_index}.txt", "w") as fh:
+    fh.write(f"{state.process_index} {state.num_processes} {res.steps} {checksum!r}")
 """
 
 
@@ -53,10 +55,10 @@ def test_two_processes_stay_in_sync(tiny_model_dir, files, tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(SCRIPT)
     out = subprocess.run([_torchrun(), "--standalone", "--nproc_per_node", "2", str(script),
-                          str(tiny_model_dir), str(files[0]), str(files[1])],
+                          str(tiny_model_dir), str(files[0]), str(files[1]), str(tmp_path)],
                          capture_output=True, text=True, env=_env(), timeout=300)
-    rows = [line.split()[1:] for line in out.stdout.splitlines() if line.startswith("RESULT")]
-    assert out.returncode == 0 and len(rows) == 2, out.stderr[-2000:]
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [(tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1)]
     assert sorted(r[0] for r in rows) == ["0", "1"] and {r[1] for r in rows} == {"2"}
     assert rows[0][3] == rows[1][3]  # identical weights on both ranks after 3 DDP steps
 
@@ -68,7 +70,7 @@ def test_cli_under_torchrun_saves_once(tiny_model_dir, files, tmp_path):
                           "--method", "npo", "train.max_steps=2", "train.batch_size=4", "--out", str(out_dir),
                           "--no-progress"], capture_output=True, text=True, env=_env(), timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.count("unlearned with npo in 2 steps") == 1  # only the main process reports
+    assert out.stdout.count("unlearned with npo") == 1  # only the main process reports
     assert (out_dir / "model.safetensors").is_file()
     assert len(Path(str(out_dir) + ".train_log.jsonl").read_text().splitlines()) == 2
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]

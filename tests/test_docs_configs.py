@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pytest
 
+from unlearnkit.demo import DemoConfig
 from unlearnkit.config import EvalConfig, FinetuneConfig, UnlearnConfig, build_method, load_yaml
 from unlearnkit.docs import methods_markdown, metrics_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = {"unlearn": UnlearnConfig, "finetune": FinetuneConfig, "eval": EvalConfig}
+KINDS = {"unlearn": UnlearnConfig, "finetune": FinetuneConfig, "eval": EvalConfig, "demo": DemoConfig}
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
@@ -17,7 +18,9 @@ def test_config_file_loads(path):
     head = path.read_text().splitlines()[0]
     assert head.startswith("# unlearnkit "), "each config starts with the command that runs it"
     cfg = load_yaml(KINDS[head.split()[2]], path)
-    if isinstance(cfg, UnlearnConfig):
+    if isinstance(cfg, DemoConfig):
+        assert cfg == DemoConfig(), "configs/demo.yaml must stay equal to the demo defaults"
+    if isinstance(cfg, (UnlearnConfig, DemoConfig)):
         build_method(cfg.method, cfg.method_args)  # hyperparameters are valid for the method
 
 

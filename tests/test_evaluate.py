@@ -14,7 +14,7 @@ from unlearnkit.data.format import encode
 from unlearnkit.data.records import load_examples
 from unlearnkit.data.synthetic import write_tofu_layout
 from unlearnkit.errors import ConfigError, DataError
-from unlearnkit.evaluate import apply_reference, evaluate_model, tofu_split_files
+from unlearnkit.evaluation import apply_reference, evaluate_model, tofu_split_files
 from unlearnkit.logprobs import mean_nll
 from unlearnkit.metrics.probes import ProbeSettings, probe_split
 

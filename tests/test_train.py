@@ -74,6 +74,7 @@ def test_early_stop_at_forget_probability(tiny_model, make_paired):
     assert res.stopped_early and res.steps < 200
     assert forget_prob(tiny_model, data) <= start / 2
     assert res.log[-1]["forget_prob"] <= start / 2
+    assert all("forget_prob" in r for r in res.log)  # eval_every=1: checked (and logged) every step
 
 
 def test_grad_accumulation_and_schedule(make_paired):

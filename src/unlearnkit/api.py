@@ -14,7 +14,7 @@ from .config import EvalConfig, FinetuneConfig, ModelConfig, UnlearnConfig, buil
 from .data.pair import build_paired
 from .data.records import Example, examples_sha256, load_examples
 from .errors import ConfigError, UnlearnkitError
-from .evaluate import METRIC_INFO, evaluate_model
+from .evaluation import METRIC_INFO, evaluate_model
 from .models import check_model_dir, frozen_copy, load_model, load_tokenizer, maybe_add_lora, save_model
 from .train import Finetune, TrainResult, run
 

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--fast", action="store_true", help="small preset (< 90 s)")
     d.add_argument("--out", default=None, help="output folder (default runs/demo)")
     d.add_argument("--no-progress", action="store_true")
-    d.add_argument("args", nargs="*", metavar="key=value", help="DemoConfig overrides, e.g. method=simnpo")
+    d.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]",
+                   help="a DemoConfig YAML, then overrides, e.g. method=simnpo unlearn.lr=2e-4")
     f = sub.add_parser("finetune", help="teach a model a set of records")
     _common(f)
     f.add_argument("--data", help="records to learn (.json/.jsonl/.csv/.parquet)")
@@ -131,10 +132,15 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
-    from .config import apply_overrides
+    from .config import apply_overrides, load_yaml
     from .demo import DemoConfig, run_demo, unlearning_worked
 
-    cfg = apply_overrides(DemoConfig.fast() if ns.fast else DemoConfig(), ns.args)
+    args = list(ns.args)
+    if args and args[0].endswith((".yaml", ".yml")):
+        cfg = load_yaml(DemoConfig, args.pop(0))
+    else:
+        cfg = DemoConfig.fast() if ns.fast else DemoConfig()
+    cfg = apply_overrides(cfg, args)
     if ns.out:
         cfg.out = ns.out
     doc = run_demo(cfg, progress=not ns.no_progress)

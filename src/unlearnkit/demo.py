@@ -19,7 +19,7 @@ from . import api
 from .config import DataConfig, EvalConfig, FinetuneConfig, ModelConfig, UnlearnConfig
 from .data.records import load_examples
 from .data.synthetic import corpus_text, write_tofu_layout
-from .evaluate import METRIC_INFO, apply_reference, evaluate_model, load_tofu_splits
+from .evaluation import METRIC_INFO, apply_reference, evaluate_model, load_tofu_splits
 from .metrics.probes import ProbeSettings
 from .models import TinyModelSpec, add_card_metrics, build_tiny_model, load_model, load_tokenizer
 from .train import TrainConfig

@@ -150,11 +150,11 @@ def run(
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
     started = time.perf_counter()
+    if method.needs_ref_model and ref is None:
+        raise ConfigError(f"{type(method).__name__} needs a frozen reference model: pass ref=frozen_copy(model)")
     if method.ref_logp_views:
         reference_prepass(model, data, method.ref_logp_views)
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
-    if method.needs_ref_model and ref is None:
-        raise ConfigError(f"{type(method).__name__} needs a frozen reference model: pass ref=frozen_copy(model)")
     try:
         method.select_params(model)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -187,17 +187,16 @@ def _loop(model, method, data, cfg, acc, opt, sched, ref, n_steps, log_path, des
             record = {"step": step, **terms, "lr": sched.get_last_lr()[0], "step_s": time.perf_counter() - t_step}
             result.log.append(record)
             result.steps = step
-            if log_fh:
-                log_fh.write(json.dumps(record) + "\n")
-                log_fh.flush()
             bar.update(1)
             bar.set_postfix({k: f"{v:.3g}" for k, v in terms.items()})
             if cfg.stop_forget_prob is not None and step % cfg.eval_every == 0:
-                p = forget_prob(model, data)
-                record["forget_prob"] = p
-                if p <= cfg.stop_forget_prob:
-                    result.stopped_early = True
-                    break
+                record["forget_prob"] = forget_prob(model, data)
+                result.stopped_early = record["forget_prob"] <= cfg.stop_forget_prob
+            if log_fh:
+                log_fh.write(json.dumps(record) + "\n")
+                log_fh.flush()
+            if result.stopped_early:
+                break
     finally:
         bar.close()
         if log_fh:
