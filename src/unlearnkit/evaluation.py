@@ -170,7 +170,7 @@ def evaluate_model(
     """
     started = time.perf_counter()
     splits = splits or load_tofu_splits(cfg)
-    bar = tqdm(splits.items(), desc="evaluate", disable=not cfg.probe.progress, leave=False)
+    bar = tqdm(splits.items(), desc="evaluate", disable=None if cfg.probe.progress else True, leave=False)
     probes = {name: probe_split(model, tokenizer, exs, template=cfg.template, settings=_settings_for(name, cfg.probe))
               for name, exs in bar}
     values: dict[str, Any] = {}

@@ -178,7 +178,8 @@ def _loop(model, method, data, cfg, acc, opt, sched, ref, n_steps, log_path, des
     result = TrainResult(steps=0)
     stream = data.batches(cfg.batch_size, seed=cfg.seed, rank=acc.process_index, world=acc.num_processes)
     log_fh = open(log_path, "w", encoding="utf-8") if log_path and acc.is_main_process else None
-    bar = tqdm(total=n_steps, desc=desc, disable=not cfg.progress or not acc.is_main_process, leave=False)
+    # disable=None: tqdm turns itself off when stderr is not a terminal (CI logs, redirects)
+    bar = tqdm(total=n_steps, desc=desc, disable=None if cfg.progress and acc.is_main_process else True, leave=False)
     model.train()
     try:
         for step in range(1, n_steps + 1):
