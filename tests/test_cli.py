@@ -82,12 +82,22 @@ def test_cli_eval_writes_results(tiny_model_dir, tmp_path, capsys):
     (["unlearn", "--model", "MODEL", "--forget", "FORGET", "--out", "OUT", "train.lrr=1"], "did you mean 'lr'"),
     (["unlearn", "--model", "MODEL", "--forget", "FORGET", "--out", "OUT", "--method", "npo"], "needs data.retain"),
     (["unlearn", "--model", "MODEL", "--forget", "EMPTY", "--out", "OUT"], "no records"),
+    (["unlearn", "--model", "MODEL", "--forget", "FORGET", "--retain", "FORGET", "--out", "FILE/sub"], "cannot create"),
+    (["finetune", "--model", "MODEL", "--data", "FORGET", "--out", "FILE"], "not a writable directory"),
+    (["finetune", "--model", "MODEL", "--data", "FORGET", "--out", "OUT", "data.max_length=4"], "raise data.max_length"),
+    (["eval", "--model", "MODEL", "--out", "OUT"], "data_dir is not set"),
+    (["eval", "--model", "MODEL", "--data-dir", "FILE"], "does not exist"),
+    (["demo", "--out", "OUT", "n_people=1"], "n_people"),
+    (["demo", "--out", "OUT", "method=nope"], "unknown method"),
+    (["report", "missing.json"], "not found"),
 ])
 def test_cli_errors_are_one_clear_line(argv, needle, tiny_model_dir, qa_files, tmp_path, capsys):
-    empty = tmp_path / "empty.json"
+    empty, a_file = tmp_path / "empty.json", tmp_path / "a_file"
     empty.write_text("")
+    a_file.write_text("x")
     subst = {"MODEL": str(tiny_model_dir), "FORGET": str(qa_files[0]), "OUT": str(tmp_path / "out"),
-             "EMPTY": str(empty), "missing.json": str(tmp_path / "missing.json")}
+             "EMPTY": str(empty), "missing.json": str(tmp_path / "missing.json"), "FILE": str(a_file),
+             "FILE/sub": str(a_file / "sub")}
     assert main([subst.get(a, a) for a in argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and needle in err and "Traceback" not in err

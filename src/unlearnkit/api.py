@@ -4,6 +4,7 @@ Each takes the same config dataclass the CLI builds, so the two never drift.
 """
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from dataclasses import asdict
@@ -35,9 +36,17 @@ def _require(path: str | None, what: str) -> str:
 
 
 def _check_out(out: str) -> Path:
+    """Check the output location before any training, so a bad --out never wastes a run."""
     if not out:
         raise ConfigError("out is not set; pass --out DIR for the saved model")
-    return Path(out)
+    p = Path(out)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the output folder '{p.parent}': {exc.strerror or exc}") from exc
+    if not os.access(p.parent, os.W_OK) or (p.exists() and not p.is_dir()):
+        raise ConfigError(f"cannot write the model to '{p}': not a writable directory location")
+    return p
 
 
 def _log_path(out: Path) -> Path:

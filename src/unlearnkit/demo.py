@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from . import api
-from .config import DataConfig, EvalConfig, FinetuneConfig, ModelConfig, UnlearnConfig
+from .config import build_method, DataConfig, EvalConfig, FinetuneConfig, ModelConfig, UnlearnConfig
 from .data.records import load_examples
 from .data.synthetic import corpus_text, write_tofu_layout
+from .errors import ConfigError
 from .evaluation import METRIC_INFO, apply_reference, evaluate_model, load_tofu_splits
 from .metrics.probes import ProbeSettings
 from .models import TinyModelSpec, add_card_metrics, build_tiny_model, load_model, load_tokenizer
@@ -78,9 +79,13 @@ def run_demo(cfg: DemoConfig | None = None, *, progress: bool = True, log=print)
     from .report import build_results, print_summary, write_html, write_json_atomic
 
     cfg = cfg or DemoConfig()
+    build_method(cfg.method, cfg.method_args)  # fail before minutes of finetuning, not after
     out, timing, t0 = Path(cfg.out), {}, time.perf_counter()
     data_dir = out / "data"
-    write_tofu_layout(data_dir, n_people=cfg.n_people, facts_per_person=cfg.facts_per_person, seed=cfg.seed)
+    try:
+        write_tofu_layout(data_dir, n_people=cfg.n_people, facts_per_person=cfg.facts_per_person, seed=cfg.seed)
+    except ValueError as exc:  # bad sizes from a config or override
+        raise ConfigError(f"demo benchmark: {exc}") from exc
     pct = cfg.forget_split.removeprefix("forget")
     texts = corpus_text(r for f in sorted(data_dir.glob("*.json")) if f.name != "counts.json"
                         for r in _rows(f))

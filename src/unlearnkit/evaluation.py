@@ -57,6 +57,8 @@ for _info in METRIC_INFO.values():
 
 def tofu_split_files(data_dir: str | Path, forget_split: str) -> dict[str, Path]:
     """The files of the TOFU layout that exist: forget / retain / real_authors / world_facts / holdout."""
+    if not data_dir:
+        raise ConfigError("data_dir is not set; pass --data-dir DIR (a folder in the TOFU file layout)")
     d = Path(data_dir)
     if not d.is_dir():
         raise DataError(f"data directory '{d}' does not exist; point --data-dir at a TOFU-layout folder")

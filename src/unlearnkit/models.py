@@ -177,8 +177,11 @@ def save_model(
     """Save model + tokenizer (+ a README model card) atomically: staged in a temporary sibling
     directory, then renamed into place, so an interrupted save never leaves a half-written model."""
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as exc:
+        raise ModelError(f"cannot write the model to '{out}': {exc.strerror or exc}; choose another --out") from exc
     try:
         _quiet_transformers()
         model = merged(model)

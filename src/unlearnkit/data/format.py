@@ -72,7 +72,10 @@ def encode(
     truncated = len(ids) + 1 > max_length
     ids = ids[: max_length - 1] + [tokenizer.eos_token_id]
     if n_prompt >= len(ids):
-        raise ValueError(f"prompt is longer than max_length={max_length}; raise max_length")
+        from ..errors import DataError
+
+        raise DataError(f"the prompt of question {question[:60]!r}... is {n_prompt} tokens, which leaves no room "
+                        f"for the answer within max_length={max_length}; raise data.max_length")
     labels = [IGNORE] * n_prompt + ids[n_prompt:]
     return Encoded(ids, labels, truncated)
 
