@@ -344,7 +344,7 @@ def test_encode_exact_fit_is_not_truncated(tiny_tokenizer):
 
 
 def test_encode_prompt_longer_than_max_length(tiny_tokenizer):
-    with pytest.raises(ValueError, match="max_length"):
+    with pytest.raises(DataError, match="max_length"):
         encode(Q, A, tiny_tokenizer, max_length=5)
 
 

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 import torch
 
+from ..errors import DataError
+
 IGNORE = -100
 
 
@@ -72,9 +74,7 @@ def encode(
     truncated = len(ids) + 1 > max_length
     ids = ids[: max_length - 1] + [tokenizer.eos_token_id]
     if n_prompt >= len(ids):
-        from ..errors import DataError
-
-        raise DataError(f"the prompt of question {question[:60]!r}... is {n_prompt} tokens, which leaves no room "
+        raise DataError(f"the prompt of question {(question or '')[:60]!r} is {n_prompt} tokens, which leaves no room "
                         f"for the answer within max_length={max_length}; raise data.max_length")
     labels = [IGNORE] * n_prompt + ids[n_prompt:]
     return Encoded(ids, labels, truncated)
