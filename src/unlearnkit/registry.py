@@ -6,6 +6,8 @@ metadata (direction, version, description) and are looked up by name with helpfu
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 from typing import Any, Callable, TypeVar
 
 from .errors import ConfigError
@@ -16,10 +18,12 @@ T = TypeVar("T")
 class Registry(dict):
     """A name -> object mapping for one kind of component (``kind`` is used in error messages)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, package: str | None = None) -> None:
         super().__init__()
         self.kind = kind
+        self.package = package  # the built-in modules, imported on first lookup
         self.meta: dict[str, dict[str, Any]] = {}
+        self._loaded = package is None
 
     def register(self, name: str, **meta: Any) -> Callable[[T], T]:
         """Decorator: ``@METRICS.register("truth_ratio", higher_is_better=None, version=1)``."""
@@ -39,7 +43,7 @@ class Registry(dict):
 
     def get(self, name: str) -> Any:  # type: ignore[override]
         """Return the entry called ``name``; unknown names raise a ConfigError with suggestions."""
-        _load_builtins()
+        self._load_builtins()
         if name in self:
             return self[name]
         close = difflib.get_close_matches(name, list(self), n=1)
@@ -49,29 +53,20 @@ class Registry(dict):
         )
 
     def names(self) -> list[str]:
-        _load_builtins()
+        self._load_builtins()
         return sorted(self)
 
-
-METHODS = Registry("method")
-METRICS = Registry("metric")
-ATTACKS = Registry("attack")
-
-_loaded = False
-
-
-def _load_builtins() -> None:
-    """Import the built-in method/metric modules once so that their decorators run."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    import importlib
-    import pkgutil
-
-    from . import methods, metrics
-
-    for pkg in (methods, metrics):
+    def _load_builtins(self) -> None:
+        """Import every module of this registry's package once, so that their decorators run."""
+        if self._loaded:
+            return
+        self._loaded = True
+        pkg = importlib.import_module(self.package)  # type: ignore[arg-type]
         for info in pkgutil.iter_modules(pkg.__path__):
             if not info.name.startswith("_"):
                 importlib.import_module(f"{pkg.__name__}.{info.name}")
+
+
+METHODS = Registry("method", "unlearnkit.methods")
+METRICS = Registry("metric", "unlearnkit.metrics")
+ATTACKS = Registry("attack", "unlearnkit.attacks")

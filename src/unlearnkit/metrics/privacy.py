@@ -12,7 +12,6 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from ..registry import METRICS
 from .base import MetricResult
@@ -95,6 +94,7 @@ def mia_auc(scores_forget: np.ndarray, scores_holdout: np.ndarray) -> float:
     f = finite_array("scores_forget", scores_forget, ndim=1)  # (N_f,)
     h = finite_array("scores_holdout", scores_holdout, ndim=1)  # (N_h,)
     labels = np.concatenate([np.zeros(f.size), np.ones(h.size)])
+    from sklearn.metrics import roc_auc_score  # lazy: keeps `unlearnkit ls` fast
     return float(roc_auc_score(labels, np.concatenate([f, h])))
 
 

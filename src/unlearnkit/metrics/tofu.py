@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import scipy.stats
 
 from ..registry import METRICS
 from .base import MetricResult
@@ -195,6 +194,7 @@ def forget_quality(*, tr_model: np.ndarray, tr_reference: np.ndarray) -> MetricR
     """
     a = finite_array("tr_model", tr_model, ndim=1)  # (N,)
     b = finite_array("tr_reference", tr_reference, ndim=1)  # (M,) usually M == N
+    import scipy.stats  # lazy: keeps `unlearnkit ls` fast
     res = scipy.stats.ks_2samp(a, b)
     return MetricResult(
         float(res.pvalue), None,
@@ -223,5 +223,6 @@ def model_utility(*, components: Mapping[str, float]) -> MetricResult:
         except (TypeError, ValueError):
             raise ValueError(f"components[{key!r}] = {val!r} is not a number") from None
     vals = finite_array("components", list(comps.values()), ndim=1)  # (C,)
+    import scipy.stats  # lazy: keeps `unlearnkit ls` fast
     value = 0.0 if (vals <= 0).any() else float(scipy.stats.hmean(vals))
     return MetricResult(value, None, {"components": comps})
