@@ -92,9 +92,10 @@ def finetune(cfg: FinetuneConfig) -> TrainResult:
     records = load_examples(_require(cfg.data.train, "data.train (--data FILE)"), keys=cfg.data.keys)
     model, tok = _load(cfg.model)
     model = maybe_add_lora(model, cfg.model.lora)
-    data = build_paired(Finetune(), records, [], tok, template=cfg.data.template,
+    method = Finetune()
+    data = build_paired(method, records, [], tok, template=cfg.data.template,
                         max_length=cfg.data.max_length, seed=cfg.train.seed)
-    result = run(model, Finetune(), data, cfg.train, log_path=_log_path(out), desc="finetune")
+    result = run(model, method, data, cfg.train, log_path=_log_path(out), desc="finetune")
     card = {"title": "Finetuned with unlearnkit", "base_model": cfg.model.path, "method": "finetune",
             "config": asdict(cfg), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if result.is_main_process:

@@ -99,7 +99,7 @@ def _forget_views(model: Any, data: PairedData, view: str, batch_size: int):
     """Batches of one forget view in order, on the model's device."""
     device = next(model.parameters()).device
     for start in range(0, len(data.forget), batch_size):
-        b = data._forget_batch(list(range(start, min(start + batch_size, len(data.forget)))))[view]
+        b = data.forget_batch(list(range(start, min(start + batch_size, len(data.forget)))))[view]
         yield {k: t.to(device) for k, t in b.items()}
 
 

@@ -50,7 +50,7 @@ class PairedData:
             for start in range(0, len(order), batch_size):
                 full = order[start : start + batch_size]
                 idx = full[rank::world] or full[:1]
-                batch = self._forget_batch(idx)
+                batch = self.forget_batch(idx)
                 if self.retain:
                     r_full = []  # drawn for the whole global batch, then sliced like the forget one
                     for _ in range(len(full)):
@@ -62,7 +62,8 @@ class PairedData:
                     batch["retain"] = collate([self.retain[j] for j in r_idx], self.pad_id)
                 yield batch
 
-    def _forget_batch(self, idx: list[int]) -> dict[str, dict[str, torch.Tensor]]:
+    def forget_batch(self, idx: list[int]) -> dict[str, dict[str, torch.Tensor]]:
+        """All views of the forget examples ``idx``, collated (with their ref_logp when computed)."""
         out = {}
         for view in self.forget[0]:
             out[view] = collate([self.forget[i][view] for i in idx], self.pad_id)
