@@ -11,6 +11,9 @@ Fixtures (reuse them in any test file):
 - ``tiny_batch``     function: ``tiny_batch(method=None, *, batch_size=4) -> batch dict`` (the first
   batch of ``make_paired``), with ``ref_logp`` filled from ``tiny_model`` for the method's
   ``ref_logp_views``.
+- ``method_inputs``  session: test values for the inputs a method's registry entry lists under
+  ``inputs`` (the files a user must supply): ``new_data`` = a JSONL of QA records about a person
+  outside the forget and retain sets (KGA's non-member set D_n).
 - ``table_lm``       the ``TableLM`` class: a stand-in LM with hand-chosen logits for exact maths.
 """
 from __future__ import annotations
@@ -109,6 +112,17 @@ def tiny_batch(make_paired, tiny_model):
         return next(data.batches(batch_size, seed=seed))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def method_inputs(tmp_path_factory) -> dict[str, str]:
+    import json
+
+    person = generate_people(N_PEOPLE + 1, seed=0)[N_PEOPLE]  # a 5th person: in neither set
+    rows = person_qa(person, N_FACTS, rng=random.Random(N_PEOPLE))
+    path = tmp_path_factory.mktemp("inputs") / "new.jsonl"
+    path.write_text("".join(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n" for r in rows))
+    return {"new_data": str(path)}
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from unlearnkit.errors import ConfigError
-from unlearnkit.methods.base import LossOutput, Method
+from unlearnkit.methods.base import LossOutput, Method, Procedure
 from unlearnkit.models import frozen_copy
 from unlearnkit.registry import METHODS
-from unlearnkit.train import TrainConfig, run
+from unlearnkit.train import TrainConfig, reference_prepass, run_method
 
 NAMES = METHODS.names()
 POSITIVE = ("beta", "forget_weight", "retain_weight", "bad_weight", "random_weight", "normal_weight",
@@ -29,7 +29,8 @@ def test_builds_with_defaults_and_describes_itself(name):
     method = cls()
     assert isinstance(method, Method) and dataclasses.is_dataclass(method)
     meta = METHODS.meta[name]
-    assert meta["kind"] == "loss" and meta["paper"] and meta["reference"]
+    assert meta["kind"] == ("procedure" if isinstance(method, Procedure) else "loss")
+    assert meta["paper"] and meta["reference"]
     assert cls.__module__ == f"unlearnkit.methods.{name}"  # file name = registry key
     assert cls.__doc__ and "arXiv" in (importlib.import_module(cls.__module__).__doc__ or "")
     dataclasses.asdict(method)  # serialisable config
@@ -63,15 +64,24 @@ def _all_hooks(*models: torch.nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for model in models for m in model.modules())
 
 
+def _build(name: str, method_inputs: dict[str, str]) -> Method:
+    """The method with defaults, plus the inputs its registry entry says the user must supply
+    (``inputs=(field, ...)``: e.g. KGA's extra non-member set), taken from the fixture."""
+    needed = METHODS.meta[name].get("inputs", ())
+    missing = [f for f in needed if f not in method_inputs]
+    assert not missing, f"conftest's method_inputs has no test value for {missing}"
+    return METHODS.get(name)(**{f: method_inputs[f] for f in needed})
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_one_step_trains_and_cleans_up(name, tiny_model, make_paired):
-    method = METHODS.get(name)()
+def test_one_step_trains_and_cleans_up(name, tiny_model, make_paired, method_inputs):
+    method = _build(name, method_inputs)
     data = make_paired(method)
     ref = frozen_copy(tiny_model) if method.needs_ref_model else None
     before = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
     hooks = _all_hooks(tiny_model, *([ref] if ref is not None else []))
     cfg = TrainConfig(max_steps=1, batch_size=4, lr=1e-3, weight_decay=0.0, progress=False, threads=1)
-    result = run(tiny_model, method, data, cfg, ref=ref)
+    result = run_method(tiny_model, method, data, cfg, ref=ref)
     assert result.steps == 1 and math.isfinite(result.log[0]["loss"])
     changed = [n for n, p in tiny_model.named_parameters() if not torch.equal(p.detach(), before[n])]
     assert changed, f"{name}: one step changed no parameter"
@@ -80,9 +90,17 @@ def test_one_step_trains_and_cleans_up(name, tiny_model, make_paired):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_loss_output_has_gradient_and_float_logs(name, tiny_model, tiny_batch):
-    method = METHODS.get(name)()
-    batch = tiny_batch(method)
+def test_loss_output_has_gradient_and_float_logs(name, tiny_model, make_paired, method_inputs):
+    method = _build(name, method_inputs)
+    if isinstance(method, Procedure):
+        with pytest.raises(TypeError, match="procedure"):
+            method.loss(tiny_model, {}, None)
+        return
+    data = make_paired(method)
+    method.prepare(tiny_model, data, TrainConfig(max_steps=1, progress=False, threads=1))
+    if method.ref_logp_views:
+        reference_prepass(tiny_model, data, method.ref_logp_views)
+    batch = next(data.batches(4, seed=0))
     ref = frozen_copy(tiny_model) if method.needs_ref_model else None
     method.select_params(tiny_model)
     method.setup(tiny_model, ref)

@@ -126,3 +126,47 @@ def test_memorization_curve_callback(tiny_model, make_paired, tmp_path):
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()][:2] == [0, 1]
     with pytest.raises(Exception, match="track_em_every"):
         _cfg(track_em_every=-1).validate()
+
+
+@dataclass(kw_only=True)
+class _StopsAtThree(Method):
+    """Finetune NLL that asks the loop to stop at its third call (a method's own stopping rule)."""
+
+    calls: int = 0
+    prepared: int = 0
+
+    def prepare(self, model, data, cfg) -> None:
+        self.prepared += 1
+        assert data.examples and data.tokenizer is not None and len(data.examples) == len(data.forget)
+
+    def loss(self, model, batch, ref) -> LossOutput:
+        self.calls += 1
+        out = Finetune().loss(model, batch, ref)
+        return LossOutput(out.loss, out.logs, stop=self.calls >= 3)
+
+
+def test_loss_output_stop_ends_the_run_and_prepare_runs_first(tiny_model, make_paired):
+    method = _StopsAtThree()
+    data = make_paired()
+    res = run(tiny_model, method, data, TrainConfig(max_steps=10, batch_size=4, progress=False, threads=1))
+    assert method.prepared == 1 and res.steps == 3 and res.stopped_early
+    assert all("_stop" not in rec for rec in res.log)
+
+
+def test_run_method_calls_apply_of_procedure_methods(tiny_model, make_paired):
+    from unlearnkit.methods.base import Procedure
+    from unlearnkit.train import TrainResult, run_method
+
+    @dataclass(kw_only=True)
+    class Halve(Procedure):
+        def apply(self, model, data, cfg, *, ref=None, log_path=None, desc="train"):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(0.5)
+            return TrainResult(steps=0)
+
+    before = next(tiny_model.parameters()).detach().clone()
+    res = run_method(tiny_model, Halve(), make_paired(), TrainConfig(max_steps=1, progress=False, threads=1))
+    assert res.steps == 0 and torch.allclose(next(tiny_model.parameters()), before * 0.5)
+    with pytest.raises(TypeError, match="procedure method"):
+        Halve().loss(tiny_model, {}, None)

@@ -17,7 +17,7 @@ from .data.records import Example, examples_sha256, load_examples
 from .errors import ConfigError, UnlearnkitError
 from .evaluation import METRIC_INFO, evaluate_model
 from .models import check_model_dir, frozen_copy, load_model, load_tokenizer, maybe_add_lora, save_model
-from .train import Finetune, TrainResult, run
+from .train import Finetune, TrainResult, run, run_method
 
 
 def _load(mc: ModelConfig) -> tuple[Any, Any]:
@@ -75,7 +75,7 @@ def unlearn(cfg: UnlearnConfig) -> TrainResult:
     model = maybe_add_lora(model, cfg.model.lora)
     data = build_paired(method, forget, retain, tok, template=cfg.data.template,
                         max_length=cfg.data.max_length, seed=cfg.train.seed)
-    result = run(model, method, data, cfg.train, ref=ref, log_path=_log_path(out), desc=f"unlearn:{cfg.method}")
+    result = run_method(model, method, data, cfg.train, ref=ref, log_path=_log_path(out), desc=f"unlearn:{cfg.method}")
     card = {"title": f"Unlearned with unlearnkit ({cfg.method})", "base_model": cfg.model.path,
             "method": cfg.method, "config": asdict(cfg), "forget_set_sha256": examples_sha256(forget),
             "retain_set_sha256": examples_sha256(retain) if retain else None,

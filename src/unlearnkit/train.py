@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .data.pair import PairedData
 from .errors import ConfigError, TrainingDiverged
 from .logprobs import forward, mean_nll, sequence_logp
-from .methods.base import LossOutput, Method, nll
+from .methods.base import LossOutput, Method, Procedure, nll
 from .runtime import seed_everything, set_threads
 
 
@@ -175,6 +175,7 @@ def run(
     started = time.perf_counter()
     if method.needs_ref_model and ref is None:
         raise ConfigError(f"{type(method).__name__} needs a frozen reference model: pass ref=frozen_copy(model)")
+    method.prepare(model, data, cfg)
     if method.ref_logp_views:
         reference_prepass(model, data, method.ref_logp_views)
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
@@ -197,6 +198,26 @@ def run(
         method.teardown(model)
 
 
+def run_method(
+    model: Any,
+    method: Method,
+    data: PairedData,
+    cfg: TrainConfig,
+    *,
+    ref: Any | None = None,
+    log_path: str | Path | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Unlearn with any registered method: the shared loop (:func:`run`) for loss methods,
+    ``method.apply`` for procedure methods (which call :func:`run` for their own stages)."""
+    if isinstance(method, Procedure):
+        cfg.validate()
+        set_threads(cfg.threads)
+        seed_everything(cfg.seed)
+        return method.apply(model, data, cfg, ref=ref, log_path=log_path, desc=desc)
+    return run(model, method, data, cfg, ref=ref, log_path=log_path, desc=desc)
+
+
 def _loop(model, method, data, cfg, acc, opt, sched, ref, n_steps, log_path, desc, started) -> TrainResult:
     result = TrainResult(steps=0)
     stream = data.batches(cfg.batch_size, seed=cfg.seed, rank=acc.process_index, world=acc.num_processes)
@@ -212,6 +233,7 @@ def _loop(model, method, data, cfg, acc, opt, sched, ref, n_steps, log_path, des
         for step in range(1, n_steps + 1):
             t_step = time.perf_counter()
             terms = _one_step(model, method, stream, cfg, acc, opt, sched, ref, step)
+            result.stopped_early = bool(terms.pop("_stop", 0.0))  # the method's own stopping rule
             record = {"step": step, **terms, "lr": sched.get_last_lr()[0], "step_s": time.perf_counter() - t_step}
             result.log.append(record)
             result.steps = step
@@ -219,7 +241,7 @@ def _loop(model, method, data, cfg, acc, opt, sched, ref, n_steps, log_path, des
             bar.set_postfix({k: f"{v:.3g}" for k, v in terms.items()})
             if cfg.stop_forget_prob is not None and step % cfg.eval_every == 0:
                 record["forget_prob"] = forget_prob(model, data)
-                result.stopped_early = record["forget_prob"] <= cfg.stop_forget_prob
+                result.stopped_early = result.stopped_early or record["forget_prob"] <= cfg.stop_forget_prob
             if cfg.track_em_every and (step % cfg.track_em_every == 0 or step == n_steps or result.stopped_early):
                 record["em"] = memorization_of(model, data)
             if log_fh:
@@ -256,4 +278,6 @@ def _one_step(model, method, stream, cfg, acc, opt, sched, ref, step) -> dict[st
             opt.zero_grad(set_to_none=True)
         for k, v in {"loss": float(out.loss.detach()), **out.logs}.items():
             sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
+        if out.stop:
+            sums["_stop"] = 1.0
     return sums

@@ -21,13 +21,20 @@ class PairedData:
     """Tokenized forget views (one dict per forget example) and retain items.
 
     ``forget[i]`` maps view name -> Encoded (always has "forget"); ``ref_logp[view]`` is a (N,)
-    tensor filled by the reference pre-pass for the views a method asks for.
+    tensor filled by the reference pre-pass for the views a method asks for. ``examples`` (the
+    forget records, aligned with ``forget``), ``retain_examples``, ``tokenizer``, ``template`` and
+    ``max_length`` record how the data were built, for methods whose ``prepare`` re-encodes them.
     """
 
     forget: list[dict[str, Encoded]]
     retain: list[Encoded]
     pad_id: int
     ref_logp: dict[str, torch.Tensor] = field(default_factory=dict)
+    examples: list[Example] = field(default_factory=list)
+    retain_examples: list[Example] = field(default_factory=list)
+    tokenizer: Any = None
+    template: PromptTemplate | None = None
+    max_length: int = 512
 
     def __post_init__(self) -> None:
         if not self.forget:
@@ -94,4 +101,6 @@ def build_paired(
     use_retain = method is None or method.needs_retain
     ret = encode_all([(e.question, e.answer) for e in retain], tokenizer, template=template,
                      max_length=max_length, what="retain records") if use_retain and retain else []
-    return PairedData(items, ret, tokenizer.pad_token_id)
+    return PairedData(items, ret, tokenizer.pad_token_id, examples=list(forget),
+                      retain_examples=list(retain) if use_retain else [], tokenizer=tokenizer,
+                      template=template, max_length=max_length)

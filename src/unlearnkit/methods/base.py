@@ -7,6 +7,16 @@ else. ``batch`` maps view names to tokenized tensors: ``"forget"`` (the forget e
 ``extra_views`` (e.g. IdkDPO's "I don't know" answers). When ``ref_logp_views`` is non-empty the loop
 computes those views' sequence log-probs under the initial model once, before training, and puts
 them in ``batch[view]["ref_logp"]`` (B,) - so NPO-style methods keep no second model resident.
+
+Hooks, in the order the loop calls them: ``prepare(model, data, cfg)`` (before anything else: build
+per-example views such as SeUL's span labels or WHP's generic labels, train auxiliary models) ->
+``select_params`` -> ``setup`` -> ``loss`` every micro-step (``LossOutput.stop`` ends the run, e.g.
+KGA's alignment threshold) -> ``teardown``.
+
+A *procedure method* (:class:`Procedure`, registry ``kind="procedure"``) edits the model instead of
+only adding a loss (task-vector negation, F-Learning, neuron editing): it implements
+``apply(model, data, cfg, ...)`` and may call the shared loop for its training stages.
+``unlearnkit.train.run_method`` dispatches between the two kinds.
 """
 from __future__ import annotations
 
@@ -29,6 +39,7 @@ class LossOutput:
 
     loss: Tensor
     logs: dict[str, float] = field(default_factory=dict)
+    stop: bool = False  # True ends training after this step (a method's own stopping rule)
 
 
 class Method:
@@ -49,6 +60,11 @@ class Method:
         """Extra (question, answer) views built from each forget example; ``pool`` = retain set."""
         return {}
 
+    def prepare(self, model: Any, data: Any, cfg: Any) -> None:
+        """Called first by the loop with the model, the ``PairedData`` (its ``examples``,
+        ``tokenizer``, ``template`` and ``max_length`` say how it was built) and the
+        ``TrainConfig``: add per-example views, train or load auxiliary models. Default: nothing."""
+
     def select_params(self, model: Any) -> None:
         """Called before the optimizer is built: set ``requires_grad`` to restrict training
         (e.g. RMU's layer subset). Default: train whatever is trainable."""
@@ -61,6 +77,19 @@ class Method:
 
     def loss(self, model: Any, batch: dict[str, dict[str, Tensor]], ref: Any | None) -> LossOutput:
         raise NotImplementedError
+
+
+class Procedure(Method):
+    """Base of procedure methods: ``apply`` edits the model in place (and may train it with
+    ``unlearnkit.train.run`` for its stages); it returns the ``TrainResult`` of what it trained."""
+
+    def apply(self, model: Any, data: Any, cfg: Any, *, ref: Any | None = None,
+              log_path: Any = None, desc: str = "train") -> Any:
+        raise NotImplementedError
+
+    def loss(self, model: Any, batch: dict[str, dict[str, Tensor]], ref: Any | None) -> LossOutput:
+        raise TypeError(f"{type(self).__name__} is a procedure method: run it with unlearnkit.train.run_method, "
+                        "which calls its apply()")
 
 
 def freeze_all_but(model: Any, keep: set[int]) -> list[Any]:
