@@ -2,7 +2,7 @@
 
 Fixtures (reuse them in any test file):
 - ``tiny_examples``  session: (forget, retain) lists of ``Example`` (4 synthetic people x 8 facts;
-  person 0 is the forget set).
+  person 0 is the forget set; its records have an ``alternate`` extra column for method 'dpo').
 - ``tiny_model_dir`` session: a directory with a tiny random Llama + BPE tokenizer built on them.
 - ``tiny_tokenizer`` session: its tokenizer.
 - ``tiny_model``     function: a fresh copy of the model for each test (safe to train in place).
@@ -65,7 +65,9 @@ def tiny_examples() -> tuple[list[Example], list[Example]]:
     people = generate_people(N_PEOPLE, seed=0)
     rows = [person_qa(p, N_FACTS, rng=random.Random(i)) for i, p in enumerate(people)]
     to_ex = lambda rs: [Example(r["question"], r["answer"]) for r in rs]  # noqa: E731
-    return to_ex(rows[0]), to_ex([r for rs in rows[1:] for r in rs])
+    # forget records carry an alternate answer (the first perturbed one), as method 'dpo' needs
+    forget = [Example(r["question"], r["answer"], extras={"alternate": r["perturbed_answer"][0]}) for r in rows[0]]
+    return forget, to_ex([r for rs in rows[1:] for r in rs])
 
 
 @pytest.fixture(scope="session")

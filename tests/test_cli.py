@@ -113,3 +113,17 @@ def test_ls_and_help_are_fast_and_clean():
     assert "truth_ratio" in metrics.stdout and "privleak" in metrics.stdout
     helped = subprocess.run([sys.executable, "-m", "unlearnkit.cli", "--help"], capture_output=True, text=True)
     assert helped.returncode == 0 and "unlearn" in helped.stdout
+
+
+def test_ls_methods_markdown_is_one_row_per_registered_method():
+    from unlearnkit.registry import METHODS
+
+    out = subprocess.run([sys.executable, "-m", "unlearnkit.cli", "ls", "methods", "--markdown"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| `")]
+    assert [r.split("`")[1] for r in rows] == METHODS.names()
+    npo = next(r for r in rows if r.startswith("| `npo`"))
+    cells = [c.strip() for c in npo.strip("|").split(" | ")]
+    assert cells[1:2] == ["loss"] and "arXiv:2404.05868" in cells[2]
+    assert cells[3] == "log-probs (pre-computed)" and cells[4] == "yes" and "beta=0.1" in cells[6]

@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--reference", help="results.json of the retain model (forget quality, privleak)")
     ls = sub.add_parser("ls", help="list methods or metrics")
     ls.add_argument("what", choices=["methods", "metrics"])
+    ls.add_argument("--markdown", action="store_true", help="print a markdown table (as in docs/methods.md)")
     r = sub.add_parser("report", help="(re)write report.html from a results.json")
     r.add_argument("results")
     r.add_argument("--html", help="output HTML (default: next to the results)")
@@ -169,6 +170,11 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 def cmd_ls(ns: argparse.Namespace) -> int:
     from .registry import METHODS, METRICS
 
+    if ns.markdown:
+        from .docs import methods_table, metrics_markdown
+
+        print(methods_table() if ns.what == "methods" else metrics_markdown().split("\n", 4)[-1], end="")
+        return 0
     reg = METHODS if ns.what == "methods" else METRICS
     for name in reg.names():
         meta = reg.meta[name]

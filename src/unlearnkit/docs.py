@@ -17,9 +17,34 @@ def _first_paragraph(obj: object) -> str:
     return doc.split("\n\n")[0].replace("\n", " ")
 
 
+def _needs_reference(method: object) -> str:
+    """How a method uses the initial model: a live frozen copy, or only pre-computed log-probs."""
+    if getattr(method, "needs_ref_model", False):
+        return "live copy"
+    return "log-probs (pre-computed)" if getattr(method, "ref_logp_views", ()) else "no"
+
+
+def methods_table() -> str:
+    """One markdown table of every registered method (``unlearnkit ls methods --markdown``)."""
+    lines = ["| method | kind | paper | reference model | retain set | you supply | hyperparameters (defaults) |",
+             "|---|---|---|---|---|---|---|"]
+    for name in METHODS.names():
+        cls, meta = METHODS.get(name), METHODS.meta[name]
+        method = cls()
+        hyper = ", ".join(f"{f.name}={getattr(method, f.name)!r}" for f in dataclasses.fields(cls))
+        inputs = ", ".join(f"`method.{f}`" for f in meta.get("inputs", ())) or "-"
+        cells = [f"`{name}`", meta.get("kind", "loss"), meta.get("paper", ""), _needs_reference(method),
+                 "yes" if method.needs_retain else "no", inputs, hyper or "-"]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def methods_markdown() -> str:
     lines = ["# Methods", "", "Generated from the registry by `python -m unlearnkit.docs`; do not edit.", "",
-             "Use a method with `unlearnkit unlearn --method NAME method.FIELD=VALUE ...`.", ""]
+             "Use a method with `unlearnkit unlearn --method NAME method.FIELD=VALUE ...`. *Loss* methods",
+             "add a loss to the shared training loop; *procedure* methods edit the model (they may train",
+             "copies of it on the way). This table is also printed by `unlearnkit ls methods --markdown`.", "",
+             methods_table()]
     for name in METHODS.names():
         cls, meta = METHODS.get(name), METHODS.meta[name]
         lines += [f"## `{name}`", "", _first_paragraph(cls), ""]

@@ -35,6 +35,7 @@ from .errors import ConfigError, DataError
 from .evaluation import METRIC_INFO, apply_reference, evaluate_model, load_tofu_splits, tofu_split_files
 from .metrics.probes import ProbeSettings
 from .models import TinyModelSpec, add_card_metrics, build_tiny_model, check_model_dir, load_model, load_tokenizer
+from .registry import METHODS
 from .train import TrainConfig
 
 # Settings that change how fast a step runs but not what it produces (left out of fingerprints).
@@ -303,18 +304,35 @@ class Protocol:
 
         def work() -> None:
             train = _with_progress(cfg.unlearn, self.progress)
-            if cfg.stop_margin is not None:
+            # the early stop is the loop's; a procedure method (task_vector) has no loop to stop
+            if cfg.stop_margin is not None and METHODS.meta[cfg.method].get("kind") == "loss":
                 retain_forget_prob = json.loads((self.out / "eval" / "retain.json").read_text())["models"]["retain"]["forget_prob"]
                 train.stop_forget_prob = retain_forget_prob + cfg.stop_margin
             ucfg = UnlearnConfig(
                 model=ModelConfig(path=str(self.out / "target"), lora=cfg.model.lora),
                 data=DataConfig(forget=str(data_dir / f"{cfg.split}.json"), retain=str(data_dir / f"{self.retain_split}.json"),
                                 template=cfg.template, max_length=cfg.max_length),
-                method=cfg.method, method_args=dict(cfg.method_args), train=train, out=str(out))
+                method=cfg.method, method_args=self._method_args(data_dir), train=train, out=str(out))
             res = api.unlearn(ucfg)
             self.log(f"         {res.steps} steps{' (stopped early at the retain level)' if res.stopped_early else ''}")
         self._timed(f"unlearn:{tag}", fp, out, work)
         return out, fp
+
+    def _method_args(self, data_dir: Path) -> dict[str, Any]:
+        """The method's settings, with the inputs it needs from the user filled from the benchmark
+        when left empty: ``new_data`` (a non-member set from the training distribution, KGA's
+        D_n) = the split's holdout file. Note that the holdout set is also the non-member side of
+        the MIA metrics, so such a method has seen (through an auxiliary model) what non-members
+        look like."""
+        args = dict(self.cfg.method_args)
+        inputs = METHODS.meta[self.cfg.method].get("inputs", ())
+        if "new_data" in inputs and not args.get("new_data"):
+            files = tofu_split_files(data_dir, self.cfg.split)
+            if "holdout" not in files:
+                raise DataError(f"method '{self.cfg.method}' needs a non-member set and '{data_dir}' has no "
+                                f"holdout file for {self.cfg.split}; pass method.new_data=FILE")
+            args["new_data"] = str(files["holdout"])
+        return args
 
 
 def _with_progress(tc: TrainConfig, progress: bool) -> TrainConfig:

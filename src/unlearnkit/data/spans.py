@@ -175,3 +175,38 @@ def token_mask(char_spans: Sequence[Span], offsets_mapping: Any) -> np.ndarray:
     for s, e in char_spans:
         mask |= (off[:, 0] < e) & (s < off[:, 1]) & (off[:, 0] < off[:, 1])  # overlap, non-empty token
     return mask
+
+
+ONLINE_RULES = ("highest", "lowest")
+
+
+def select_tokens(scores: Sequence[float], fraction: float, rule: str = "highest") -> np.ndarray:
+    """(T,) bool: SeUL-style *online* span selection from per-token scores (e.g. log p(x_t | x_<t)).
+
+    Keeps ``ceil(fraction * n)`` of the ``n`` scored tokens: the highest scores for ``rule="highest"``
+    (the most memorised tokens), the lowest for ``"lowest"`` (the most surprising ones). NaN scores
+    (tokens without a prediction) are never selected and do not count in ``n``; ties go to the
+    earlier token. Which rule and fraction SeUL uses is not verified (no official code).
+    Example: scores [0.1, 0.9, 0.5, 0.8], fraction 0.5, highest -> [F, T, F, T].
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if rule not in ONLINE_RULES:
+        raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(ONLINE_RULES)}")
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)  # (T,)
+    valid = np.flatnonzero(~np.isnan(s))  # indices that may be selected
+    k = int(np.ceil(fraction * len(valid) - 1e-9))  # -1e-9: 0.2 * 10 must give 2, not 3
+    key = -s[valid] if rule == "highest" else s[valid]
+    order = valid[np.argsort(key, kind="stable")]  # stable: ties keep position order
+    mask = np.zeros(len(s), dtype=bool)
+    mask[order[:k]] = True
+    return mask
+
+
+def token_runs(mask: Sequence[bool]) -> list[Span]:
+    """Contiguous runs of selected tokens as half-open token-index spans (adjacent tokens merge):
+    [F, T, T, F, T] -> [(1, 3), (4, 5)]."""
+    m = np.asarray(mask, dtype=bool).reshape(-1)
+    edges = np.diff(np.concatenate(([0], m.astype(np.int8), [0])))  # +1 at a run start, -1 after its end
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return [(int(s), int(e)) for s, e in zip(starts, ends)]
