@@ -106,3 +106,31 @@ def test_subset_of_real_tofu_keeps_the_forget_share(tmp_path):
         subset_tofu(TOFU, tmp_path / "x", "forget10", "retain90", authors=1, per_author=20)
     with pytest.raises(ConfigError, match="needs"):
         subset_tofu(TOFU, tmp_path / "y", "forget10", "retain90", authors=1000, per_author=20)
+
+
+def test_swapped_alternates_give_every_row_another_rows_answer():
+    from unlearnkit.protocol import with_swapped_alternates
+
+    rows = [{"question": f"q{i}", "answer": a} for i, a in enumerate(["a", "b", "a", "c"])]
+    out = with_swapped_alternates(rows, "alternate", seed=3)
+    assert [r["answer"] for r in out] == ["a", "b", "a", "c"] and "alternate" not in rows[0]
+    assert all(r["alternate"] != r["answer"] and r["alternate"] in {"a", "b", "c"} for r in out)
+    assert with_swapped_alternates(rows, "alternate", seed=3) == out  # seeded
+    assert "alternate" not in with_swapped_alternates([{"answer": "x"}, {"answer": "x"}], "alternate")[0]
+
+
+def test_protocol_runs_methods_that_need_extra_inputs(synthetic, tmp_path):
+    """kga gets the holdout split as its non-member set, dpo swapped alternates, and task_vector (a
+    procedure, no loop to stop early) ignores stop_margin - all with no method arguments."""
+    out = tmp_path / "run"
+    fast_aux = ["method.aux_epochs=0.5"]
+    assert _bench(synthetic, out, "--method", "kga", "stop_margin=0", *fast_aux) == 0
+    card = json.loads((out / "results.json").read_text())["config"]["unlearning_runs"]["kga"]
+    assert card["method_args"]["aux_epochs"] == 0.5  # the card records the holdout file it was given
+    assert Path(card["method_args"]["new_data"]).name == "holdout10.json"
+    for method in ("dpo", "task_vector"):
+        assert _bench(synthetic, out, "--method", method, "stop_margin=0") == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert {"kga", "dpo", "task_vector"} <= set(doc["models"])
+    alts = read_rows(out / "inputs" / "forget10_alternate.json")
+    assert all(r["alternate"] != r["answer"] for r in alts)

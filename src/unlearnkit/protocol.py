@@ -310,7 +310,7 @@ class Protocol:
                 train.stop_forget_prob = retain_forget_prob + cfg.stop_margin
             ucfg = UnlearnConfig(
                 model=ModelConfig(path=str(self.out / "target"), lora=cfg.model.lora),
-                data=DataConfig(forget=str(data_dir / f"{cfg.split}.json"), retain=str(data_dir / f"{self.retain_split}.json"),
+                data=DataConfig(forget=str(self._forget_file(data_dir)), retain=str(data_dir / f"{self.retain_split}.json"),
                                 template=cfg.template, max_length=cfg.max_length),
                 method=cfg.method, method_args=self._method_args(data_dir), train=train, out=str(out))
             res = api.unlearn(ucfg)
@@ -333,6 +333,45 @@ class Protocol:
                                 f"holdout file for {self.cfg.split}; pass method.new_data=FILE")
             args["new_data"] = str(files["holdout"])
         return args
+
+
+    def _forget_file(self, data_dir: Path) -> Path:
+        """The forget split; for a method that prefers alternate answers (``dpo``: field
+        ``alternate_key``) and a split without that column, a copy where each record's alternate
+        is the answer of another forget record (:func:`with_swapped_alternates`). TOFU ships no
+        alternates (AltPO writes them with an LLM) and its perturbed answers are what the truth
+        ratio measures, so using them would leak the evaluation into training."""
+        path = data_dir / f"{self.cfg.split}.json"
+        key = self.cfg.method_args.get("alternate_key", getattr(METHODS.get(self.cfg.method), "alternate_key", None))
+        rows = read_rows(path) if isinstance(key, str) else []
+        if not rows or all(key in r for r in rows):
+            return path
+        out = self.out / "inputs" / f"{self.cfg.split}_{key}.json"
+        if not out.is_file():
+            from .report import write_json_atomic
+
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(out, with_swapped_alternates(rows, key, seed=self.cfg.unlearn.seed))
+        return out
+
+
+def with_swapped_alternates(rows: list[dict[str, Any]], key: str, *, seed: int = 0) -> list[dict[str, Any]]:
+    """Copies of ``rows`` whose ``key`` column holds the answer of another row (a seeded cycle over
+    a shuffled order, skipping rows with the same answer): a stand-in for AltPO's LLM-written
+    alternate answers when a benchmark has none. Rows whose answer every other row shares keep
+    no alternate."""
+    import random
+
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    out = [dict(r) for r in rows]
+    for pos, i in enumerate(order):
+        for step in range(1, len(order)):
+            j = order[(pos + step) % len(order)]
+            if rows[j].get("answer") != rows[i].get("answer"):
+                out[i][key] = rows[j].get("answer")
+                break
+    return out
 
 
 def _with_progress(tc: TrainConfig, progress: bool) -> TrainConfig:
