@@ -57,8 +57,14 @@ def run_one(bench: str, data_dir: Path, out: Path, method: str, authors: int | N
     cfg = TofuProtocolConfig(data_dir=str(data_dir), split="forget10", out=str(out), method=method,
                              method_args=dict(METHOD_ARGS.get(method, {})), authors=authors)
     apply_overrides(cfg, COMMON + BENCHMARKS[bench])
+    from unlearnkit.errors import UnlearnkitError
+
     t = time.perf_counter()
-    doc = run_tofu_protocol(cfg, log=lambda m: print(f"    {m}", flush=True), progress=False)
+    try:
+        doc = run_tofu_protocol(cfg, log=lambda m: print(f"    {m}", flush=True), progress=False)
+    except UnlearnkitError as exc:  # one method failing must not lose the other rows
+        print(f"    FAILED: {exc}", flush=True)
+        return {"error": str(exc).splitlines()[0][:200]}
     seconds = time.perf_counter() - t
     return {"doc": doc, "seconds": seconds, "unlearn_s": doc["timing"].get(f"unlearn:{method}", seconds)}
 
@@ -70,6 +76,10 @@ def _fmt(v) -> str:
 
 
 def table(bench: str, rows: dict[str, dict]) -> list[str]:
+    failed = {m: r["error"] for m, r in rows.items() if "error" in r}
+    rows = {m: r for m, r in rows.items() if "error" not in r}
+    if not rows:
+        return [f"### {bench}", "", "Every method failed:", *[f"- `{m}`: {e}" for m, e in failed.items()], ""]
     doc = next(iter(rows.values()))["doc"]
     lines = [f"### {bench}", "", "| model | forget quality ↑ | model utility ↑ | forget prob ↓ | retain prob ↑ | unlearn + eval time |",
              "|---|---|---|---|---|---|"]
@@ -81,6 +91,8 @@ def table(bench: str, rows: dict[str, dict]) -> list[str]:
         t = r["doc"]["timing"]
         secs = t.get(f"unlearn:{method}", 0) + t.get(f"eval:{method}", 0)
         lines.append(f"| `{method}` | " + " | ".join(_fmt(v.get(k)) for k in ROW_KEYS) + f" | {secs:.0f} s |")
+    for method, err in failed.items():
+        lines.append(f"| `{method}` | failed: {err.replace('|', '/')} | | | | |")
     return lines + [""]
 
 

@@ -120,8 +120,9 @@ def test_swapped_alternates_give_every_row_another_rows_answer():
 
 
 def test_protocol_runs_methods_that_need_extra_inputs(synthetic, tmp_path):
-    """kga gets the holdout split as its non-member set, dpo swapped alternates, and task_vector (a
-    procedure, no loop to stop early) ignores stop_margin - all with no method arguments."""
+    """kga gets the holdout split as its non-member set, dpo swapped alternates, whp the synthetic
+    benchmark's name dictionary, and task_vector (a procedure, no loop to stop early) ignores
+    stop_margin - all with no method arguments."""
     out = tmp_path / "run"
     fast_aux = ["method.aux_epochs=0.5"]
     assert _bench(synthetic, out, "--method", "kga", "stop_margin=0", *fast_aux) == 0
@@ -130,7 +131,10 @@ def test_protocol_runs_methods_that_need_extra_inputs(synthetic, tmp_path):
     assert Path(card["method_args"]["new_data"]).name == "holdout10.json"
     for method in ("dpo", "task_vector"):
         assert _bench(synthetic, out, "--method", method, "stop_margin=0") == 0
+    assert _bench(synthetic, out, "--method", "whp", "method.reinforce_epochs=0.5") == 0
     doc = json.loads((out / "results.json").read_text())
-    assert {"kga", "dpo", "task_vector"} <= set(doc["models"])
+    assert {"kga", "dpo", "task_vector", "whp"} <= set(doc["models"])
+    whp_args = doc["config"]["unlearning_runs"]["whp"]["method_args"]
+    assert Path(whp_args["terms"]).name == "forget10_terms.csv"  # the synthetic benchmark's name dictionary
     alts = read_rows(out / "inputs" / "forget10_alternate.json")
     assert all(r["alternate"] != r["answer"] for r in alts)

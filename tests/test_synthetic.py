@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 from pathlib import Path
 
@@ -107,17 +108,32 @@ def test_layout_files_and_counts(layout):
     expected = {"full.json": 400, "retain_perturbed.json": 40}
     for p, k in ((1, 1), (5, 2), (10, 4)):
         expected |= {f"forget{p:02d}.json": 10 * k, f"forget{p:02d}_perturbed.json": 10 * k,
-                     f"holdout{p:02d}.json": 10 * k, f"retain{100 - p}.json": 400 - 10 * k}
+                     f"holdout{p:02d}.json": 10 * k, f"retain{100 - p}.json": 400 - 10 * k,
+                     f"forget{p:02d}_terms.csv": k}
     assert counts == expected
     assert counts["forget10.json"] == 40 and counts["retain90.json"] == 360
     assert json.loads((out / "counts.json").read_text(encoding="utf-8")) == counts
     assert sorted(f.name for f in out.iterdir()) == sorted([*counts, "counts.json"])
     for name, n in counts.items():
+        if name.endswith("_terms.csv"):
+            continue  # checked in test_terms_map_forgotten_names_to_unused_names
         rows = read_jsonl(out / name)
         assert len(rows) == n
         keys = PERTURBED_KEYS if name.endswith("_perturbed.json") else QA_KEYS
         assert all(set(r) == keys for r in rows), name
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".tofu.tmp")]
+
+
+def test_terms_map_forgotten_names_to_unused_names(layout):
+    from unlearnkit.methods.whp import load_terms
+
+    out, _ = layout
+    terms = load_terms(str(out / "forget10_terms.csv"))
+    everything = "".join((out / f).read_text(encoding="utf-8") for f in os.listdir(out) if f.endswith(".json"))
+    forget = "".join((out / "forget10.json").read_text(encoding="utf-8"))
+    assert len(terms) == 4 and all(name in forget for name in terms)
+    assert all(generic not in everything for generic in terms.values())  # used nowhere else
+    assert len(set(terms.values())) == 4
 
 
 def test_forget_is_tail_and_retain_is_head(layout):
@@ -211,7 +227,8 @@ def test_rewrite_into_existing_dir_keeps_other_files(tmp_path):
     (out / "README.txt").write_text("keep me", encoding="utf-8")
     counts = write_tofu_layout(out, n_people=4, facts_per_person=2, forget_percents=(25,))
     assert counts == {"full.json": 8, "forget25.json": 2, "forget25_perturbed.json": 2,
-                      "holdout25.json": 2, "retain75.json": 6, "retain_perturbed.json": 2}
+                      "holdout25.json": 2, "retain75.json": 6, "retain_perturbed.json": 2,
+                      "forget25_terms.csv": 1}
     assert (out / "README.txt").read_text(encoding="utf-8") == "keep me"
     assert [p.name for p in tmp_path.iterdir()] == ["d"]
 

@@ -71,7 +71,7 @@ def test_early_stop_at_forget_probability(tiny_model, make_paired):
     start = forget_prob(tiny_model, data)
     res = run(tiny_model, build_method("grad_ascent", {}), data,
               _cfg(lr=1e-3, max_steps=200, stop_forget_prob=start / 2, eval_every=1))
-    assert res.stopped_early and res.steps < 200
+    assert res.stopped_early and res.stop_reason == "forget_prob" and res.steps < 200
     assert forget_prob(tiny_model, data) <= start / 2
     assert res.log[-1]["forget_prob"] <= start / 2
     assert all("forget_prob" in r for r in res.log)  # eval_every=1: checked (and logged) every step
@@ -149,7 +149,7 @@ def test_loss_output_stop_ends_the_run_and_prepare_runs_first(tiny_model, make_p
     method = _StopsAtThree()
     data = make_paired()
     res = run(tiny_model, method, data, TrainConfig(max_steps=10, batch_size=4, progress=False, threads=1))
-    assert method.prepared == 1 and res.steps == 3 and res.stopped_early
+    assert method.prepared == 1 and res.steps == 3 and res.stopped_early and res.stop_reason == "method"
     assert all("_stop" not in rec for rec in res.log)
 
 

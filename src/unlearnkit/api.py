@@ -80,7 +80,7 @@ def unlearn(cfg: UnlearnConfig) -> TrainResult:
             "method": cfg.method, "config": asdict(cfg), "forget_set_sha256": examples_sha256(forget),
             "retain_set_sha256": examples_sha256(retain) if retain else None,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "train_steps": result.steps,
-            "stopped_early": result.stopped_early}
+            "stopped_early": result.stopped_early, "stop_reason": result.stop_reason}
     if result.is_main_process:
         save_model(model, tok, out, card=card)
     return result

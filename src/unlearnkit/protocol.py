@@ -314,14 +314,16 @@ class Protocol:
                                 template=cfg.template, max_length=cfg.max_length),
                 method=cfg.method, method_args=self._method_args(data_dir), train=train, out=str(out))
             res = api.unlearn(ucfg)
-            self.log(f"         {res.steps} steps{' (stopped early at the retain level)' if res.stopped_early else ''}")
+            why = {"forget_prob": " (stopped early at the retain level)", "method": " (stopped by the method's own rule)"}
+            self.log(f"         {res.steps} steps{why.get(res.stop_reason, '')}")
         self._timed(f"unlearn:{tag}", fp, out, work)
         return out, fp
 
     def _method_args(self, data_dir: Path) -> dict[str, Any]:
         """The method's settings, with the inputs it needs from the user filled from the benchmark
         when left empty: ``new_data`` (a non-member set from the training distribution, KGA's
-        D_n) = the split's holdout file. Note that the holdout set is also the non-member side of
+        D_n) = the split's holdout file; ``terms`` (WHP's anchored-term dictionary) = the
+        synthetic benchmark's ``forgetNN_terms.csv`` when the data folder has one (TOFU has none). Note that the holdout set is also the non-member side of
         the MIA metrics, so such a method has seen (through an auxiliary model) what non-members
         look like."""
         args = dict(self.cfg.method_args)
@@ -332,6 +334,10 @@ class Protocol:
                 raise DataError(f"method '{self.cfg.method}' needs a non-member set and '{data_dir}' has no "
                                 f"holdout file for {self.cfg.split}; pass method.new_data=FILE")
             args["new_data"] = str(files["holdout"])
+        terms = data_dir / f"{self.cfg.split}_terms.csv"  # the synthetic benchmark's names -> fresh names
+        if "terms" in {f.name for f in dataclasses.fields(METHODS.get(self.cfg.method))} \
+                and not args.get("terms") and terms.is_file():
+            args["terms"] = str(terms)
         return args
 
 

@@ -61,6 +61,7 @@ class TrainResult:
     steps: int
     log: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
+    stop_reason: str = ""  # "forget_prob" (reached train.stop_forget_prob) or "method" (its own rule)
     seconds: float = 0.0
     is_main_process: bool = True  # under `accelerate launch`, only the main process saves
 
@@ -234,6 +235,7 @@ def _loop(model, method, data, cfg, acc, opt, sched, ref, n_steps, log_path, des
             t_step = time.perf_counter()
             terms = _one_step(model, method, stream, cfg, acc, opt, sched, ref, step)
             result.stopped_early = bool(terms.pop("_stop", 0.0))  # the method's own stopping rule
+            result.stop_reason = "method" if result.stopped_early else ""
             record = {"step": step, **terms, "lr": sched.get_last_lr()[0], "step_s": time.perf_counter() - t_step}
             result.log.append(record)
             result.steps = step
@@ -241,7 +243,8 @@ def _loop(model, method, data, cfg, acc, opt, sched, ref, n_steps, log_path, des
             bar.set_postfix({k: f"{v:.3g}" for k, v in terms.items()})
             if cfg.stop_forget_prob is not None and step % cfg.eval_every == 0:
                 record["forget_prob"] = forget_prob(model, data)
-                result.stopped_early = result.stopped_early or record["forget_prob"] <= cfg.stop_forget_prob
+                if not result.stopped_early and record["forget_prob"] <= cfg.stop_forget_prob:
+                    result.stopped_early, result.stop_reason = True, "forget_prob"
             if cfg.track_em_every and (step % cfg.track_em_every == 0 or step == n_steps or result.stopped_early):
                 record["em"] = memorization_of(model, data)
             if log_fh:

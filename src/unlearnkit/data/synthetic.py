@@ -11,7 +11,9 @@ Design
   keys: ``full.json`` (person blocks contiguous), ``forgetNN.json`` = the *last* people of
   ``full.json``, ``retain{100-NN}.json`` = the first rows, ``forgetNN_perturbed.json``,
   ``retain_perturbed.json`` (first people, never overlapping the largest forget split),
-  ``holdoutNN.json`` (extra people who are not in ``full.json``) and ``counts.json``.
+  ``holdoutNN.json`` (extra people who are not in ``full.json``) and ``counts.json``; plus
+  ``forgetNN_terms.csv`` (``term,generic``: each forgotten person's name and a fresh name used
+  nowhere else), the anchored-term dictionary of method ``whp``.
 * **Deterministic.**  All randomness comes from ``random.Random`` instances seeded from ``seed``
   (never the global generator), so a seed fully determines every byte written.
   ``generate_people(n + m, seed=s)[:n] == generate_people(n, seed=s)``, and each person's QA
@@ -419,7 +421,8 @@ def write_tofu_layout(out_dir: str | os.PathLike[str], *, n_people: int = 40,
 
     ``forget{p:02d}`` holds the last ``max(1, round(n_people * p / 100))`` people of ``full.json``;
     ``holdout{p:02d}`` holds as many extra people (or ``n_holdout_people`` each, if given) who are
-    not in ``full.json``.  Files are written into a temporary directory next to ``out_dir`` and then
+    not in ``full.json``; ``forget{p:02d}_terms.csv`` maps each forgotten person's name to a name
+    that appears in no file (WHP's anchored terms).  Files are written into a temporary directory next to ``out_dir`` and then
     moved in; other files already in ``out_dir`` are left alone.
     """
     if isinstance(n_people, bool) or not isinstance(n_people, int) or n_people < 2:
@@ -428,10 +431,14 @@ def write_tofu_layout(out_dir: str | os.PathLike[str], *, n_people: int = 40,
     sizes = _forget_sizes(n_people, forget_percents)
     _validate(n_people, facts_per_person, sizes, n_holdout_people, n_perturbed)
     holdout_sizes = {p: n_holdout_people or k for p, k in sizes.items()}
-    people = generate_people(n_people + max(holdout_sizes.values()), seed=seed)
-    files = _build_files(people, n_people, sizes, holdout_sizes, facts_per_person, n_perturbed,
+    n_known = n_people + max(holdout_sizes.values())
+    people = generate_people(n_known + max(sizes.values()), seed=seed)  # the last ones: generic names
+    files = _build_files(people[:n_known], n_people, sizes, holdout_sizes, facts_per_person, n_perturbed,
                          seed)
-    counts = {name: len(rows) for name, rows in files.items()}
+    terms = {f"forget{p:02d}_terms.csv": [(a.name, b.name) for a, b in zip(people[n_people - k:n_people],
+                                                                          people[n_known:])]
+             for p, k in sizes.items()}
+    counts = {name: len(rows) for name, rows in {**files, **terms}.items()}
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -442,8 +449,11 @@ def write_tofu_layout(out_dir: str | os.PathLike[str], *, n_people: int = 40,
         os.chmod(tmp, 0o777 & ~_current_umask())  # mkdtemp makes it 0700; it may become out_dir
         for name, rows in files.items():
             _write_jsonl(tmp / name, rows)
+        for name, pairs in terms.items():
+            lines = ["term,generic", *(f"{a},{b}" for a, b in pairs)]  # names have no commas or quotes
+            (tmp / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
         (tmp / "counts.json").write_text(json.dumps(counts, indent=1) + "\n", encoding="utf-8")
-        _install(tmp, out, [*files, "counts.json"])
+        _install(tmp, out, [*files, *terms, "counts.json"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return counts
