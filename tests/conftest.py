@@ -14,6 +14,8 @@ Fixtures (reuse them in any test file):
 - ``method_inputs``  session: test values for the inputs a method's registry entry lists under
   ``inputs`` (the files a user must supply): ``new_data`` = a JSONL of QA records about a person
   outside the forget and retain sets (KGA's non-member set D_n).
+- ``learned_model``  session: the tiny model finetuned 40 steps (lr 1e-2) on the forget set, so a
+  method has something to unlearn; deep-copy it before training.
 - ``table_lm``       the ``TableLM`` class: a stand-in LM with hand-chosen logits for exact maths.
 """
 from __future__ import annotations
@@ -90,6 +92,17 @@ def _tiny_model_pristine(tiny_model_dir):
 @pytest.fixture
 def tiny_model(_tiny_model_pristine):
     return copy.deepcopy(_tiny_model_pristine)
+
+
+@pytest.fixture(scope="session")
+def learned_model(tiny_model_dir, tiny_tokenizer, tiny_examples):
+    from unlearnkit.train import Finetune, TrainConfig, run
+
+    model = load_model(tiny_model_dir)
+    data = build_paired(None, tiny_examples[0], [], tiny_tokenizer, max_length=128)
+    run(model, Finetune(), data, TrainConfig(max_steps=40, batch_size=8, lr=1e-2, weight_decay=0.0, progress=False,
+                                             threads=1))
+    return model
 
 
 @pytest.fixture

@@ -19,8 +19,7 @@ from unlearnkit.methods import dpo as dpo_module
 from unlearnkit.methods import idk as idk_module
 from unlearnkit.methods.dpo import DPO
 from unlearnkit.methods.idk import IDK_ANSWERS
-from unlearnkit.models import load_model
-from unlearnkit.train import Finetune, TrainConfig, forget_prob, reference_prepass, run_method
+from unlearnkit.train import TrainConfig, forget_prob, reference_prepass, run_method
 
 EX = Example("Where was Ana born?", "Ana was born in Lisbon.")
 
@@ -133,16 +132,6 @@ def test_loss_glue_uses_alternate_and_forget_views_with_their_ref_logp(tiny_mode
         method.loss(tiny_model, batch, None)
 
 
-@pytest.fixture(scope="module")
-def learned(tiny_model_dir, tiny_tokenizer, tiny_examples):
-    """The tiny model finetuned on the forget set, so there is something to unlearn."""
-    model = load_model(tiny_model_dir)
-    data = build_paired(None, tiny_examples[0], [], tiny_tokenizer, max_length=128)
-    run_method(model, Finetune(), data, TrainConfig(max_steps=40, batch_size=8, lr=1e-2, weight_decay=0.0,
-                                                    progress=False, threads=1))
-    return model
-
-
 @torch.no_grad()
 def view_prob(model, data, view: str) -> float:
     """Mean exp(-mean answer NLL) of one view over all forget examples."""
@@ -150,8 +139,8 @@ def view_prob(model, data, view: str) -> float:
     return float(torch.exp(-mean_nll(forward(model, b).logits, b["labels"])).mean())
 
 
-def test_forget_probability_drops_and_the_alternate_gains(learned, alt_paired):
-    model, method = copy.deepcopy(learned), DPO()
+def test_forget_probability_drops_and_the_alternate_gains(learned_model, alt_paired):
+    model, method = copy.deepcopy(learned_model), DPO()
     data = alt_paired(method)
     before, alt_before = forget_prob(model, data), view_prob(model, data, "alternate")
     cfg = TrainConfig(max_steps=8, batch_size=4, lr=3e-3, weight_decay=0.0, progress=False, threads=1)

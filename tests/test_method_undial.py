@@ -6,11 +6,10 @@ import math
 import pytest
 import torch
 
-from unlearnkit.data.pair import build_paired
 from unlearnkit.errors import ConfigError
 from unlearnkit.methods.undial import UNDIAL, undial_loss
-from unlearnkit.models import frozen_copy, load_model
-from unlearnkit.train import Finetune, TrainConfig, forget_prob, run_method
+from unlearnkit.models import frozen_copy
+from unlearnkit.train import TrainConfig, forget_prob, run_method
 
 
 def test_undial_on_given_numbers():
@@ -77,20 +76,10 @@ def test_loss_glue_uses_the_live_reference(tiny_model, tiny_batch):
     assert UNDIAL(retain_loss="nll").needs_retain and UNDIAL(retain_loss="nll").needs_ref_model
 
 
-@pytest.fixture(scope="module")
-def learned(tiny_model_dir, tiny_tokenizer, tiny_examples):
-    """The tiny model finetuned on the forget set, so there is something to unlearn."""
-    model = load_model(tiny_model_dir)
-    data = build_paired(None, tiny_examples[0], [], tiny_tokenizer, max_length=128)
-    run_method(model, Finetune(), data, TrainConfig(max_steps=40, batch_size=8, lr=1e-2, weight_decay=0.0,
-                                                    progress=False, threads=1))
-    return model
-
-
-def test_forget_probability_drops(learned, make_paired):
+def test_forget_probability_drops(learned_model, make_paired):
     import copy
 
-    model, method = copy.deepcopy(learned), UNDIAL()
+    model, method = copy.deepcopy(learned_model), UNDIAL()
     data = make_paired(method)
     before = forget_prob(model, data)
     cfg = TrainConfig(max_steps=8, batch_size=4, lr=1e-2, weight_decay=0.0, progress=False, threads=1)

@@ -7,13 +7,11 @@ import math
 import pytest
 import torch
 
-from unlearnkit.data.pair import build_paired
 from unlearnkit.errors import ConfigError
 from unlearnkit.logprobs import batch_nll, forward, token_logp
 from unlearnkit.methods.base import nll
 from unlearnkit.methods.wga import WGA, wga_loss
-from unlearnkit.models import load_model
-from unlearnkit.train import Finetune, TrainConfig, forget_prob, run_method
+from unlearnkit.train import TrainConfig, forget_prob, run_method
 
 
 def test_wga_on_given_numbers():
@@ -69,18 +67,8 @@ def test_loss_glue_combines_forget_and_retain(tiny_model, tiny_batch):
     assert out.loss.item() == pytest.approx(out.logs["forget_loss"] + out.logs["retain_loss"], rel=1e-5)
 
 
-@pytest.fixture(scope="module")
-def learned(tiny_model_dir, tiny_tokenizer, tiny_examples):
-    """The tiny model finetuned on the forget set: WGA needs likely tokens (its weights are p^beta)."""
-    model = load_model(tiny_model_dir)
-    data = build_paired(None, tiny_examples[0], [], tiny_tokenizer, max_length=128)
-    run_method(model, Finetune(), data, TrainConfig(max_steps=40, batch_size=8, lr=1e-2, weight_decay=0.0,
-                                                    progress=False, threads=1))
-    return model
-
-
-def test_forget_probability_drops(learned, make_paired):
-    model, method = copy.deepcopy(learned), WGA()
+def test_forget_probability_drops(learned_model, make_paired):
+    model, method = copy.deepcopy(learned_model), WGA()
     data = make_paired(method)
     before = forget_prob(model, data)
     cfg = TrainConfig(max_steps=8, batch_size=4, lr=1e-2, weight_decay=0.0, progress=False, threads=1)

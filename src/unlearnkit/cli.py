@@ -76,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="compare runs side by side in one HTML page")
     c.add_argument("runs", nargs="+", metavar="RUN", help="run folder holding results.json, or a results.json")
     c.add_argument("--out", default="compare.html", help="output HTML (default: compare.html)")
+    a = sub.add_parser("annotate", help="mark sensitive spans of records (SeUL): writes a sensitive_spans column")
+    a.add_argument("records", help="records file (json/jsonl/csv/parquet) with question/answer columns")
+    a.add_argument("--out", required=True, help="output JSON Lines file (the records + sensitive_spans)")
+    a.add_argument("--spans", default="regex", help="regex | online | records | records+regex (default: regex)")
+    a.add_argument("--kinds", default="email,phone,date,digits", help="regex annotators, comma-separated")
+    a.add_argument("--model", help="model directory (needed for --spans online: scores tokens by p(x_t|x_<t))")
+    a.add_argument("--fraction", type=float, default=0.2, help="online: fraction of each answer's tokens kept")
+    a.add_argument("--rule", default="highest", help="online: highest (most memorised) | lowest (most surprising)")
     return ap
 
 
@@ -225,9 +233,19 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_annotate(ns: argparse.Namespace) -> int:
+    from .annotate import annotate_file
+
+    kinds = tuple(k.strip() for k in ns.kinds.split(",") if k.strip())
+    counts = annotate_file(ns.records, ns.out, source=ns.spans, kinds=kinds, model_dir=ns.model,
+                           fraction=ns.fraction, rule=ns.rule)
+    print(f"{counts['spans']} sensitive spans in {counts['annotated']} of {counts['records']} records -> {ns.out}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo, "finetune": cmd_finetune, "unlearn": cmd_unlearn, "eval": cmd_eval,
-    "ls": cmd_ls, "report": cmd_report, "compare": cmd_compare, "bench": cmd_bench,
+    "ls": cmd_ls, "report": cmd_report, "compare": cmd_compare, "bench": cmd_bench, "annotate": cmd_annotate,
 }
 
 

@@ -298,7 +298,8 @@ class Protocol:
 
     def step_unlearn(self, data_dir: Path, fp_target: str) -> tuple[Path, str]:
         cfg, tag = self.cfg, self.tag
-        fp = fingerprint(fp_target, cfg.method, cfg.method_args, cfg.unlearn, cfg.stop_margin, cfg.template,
+        args = self._method_args(data_dir)  # with the inputs filled from the benchmark: part of the fingerprint
+        fp = fingerprint(fp_target, cfg.method, args, cfg.unlearn, cfg.stop_margin, cfg.template,
                          cfg.max_length, cfg.model.lora, self.state.steps.get("eval:retain", {}).get("fingerprint"))
         out = self.out / f"unlearned_{tag}"
 
@@ -312,7 +313,7 @@ class Protocol:
                 model=ModelConfig(path=str(self.out / "target"), lora=cfg.model.lora),
                 data=DataConfig(forget=str(self._forget_file(data_dir)), retain=str(data_dir / f"{self.retain_split}.json"),
                                 template=cfg.template, max_length=cfg.max_length),
-                method=cfg.method, method_args=self._method_args(data_dir), train=train, out=str(out))
+                method=cfg.method, method_args=args, train=train, out=str(out))
             res = api.unlearn(ucfg)
             why = {"forget_prob": " (stopped early at the retain level)", "method": " (stopped by the method's own rule)"}
             self.log(f"         {res.steps} steps{why.get(res.stop_reason, '')}")

@@ -199,6 +199,22 @@ def run(
         method.teardown(model)
 
 
+def finetune_frozen(model: Any, data: PairedData, cfg: TrainConfig, *, epochs: float, lr: float | None = None,
+                    desc: str = "stage") -> Any:
+    """A method's auxiliary model: ``model`` (copied by the caller if it must survive) finetuned on
+    the anchor view of ``data`` for ``epochs`` at ``lr`` (None or 0: ``cfg.lr``), then frozen (eval
+    mode, no gradients). The run's stopping and tracking settings do not apply to this stage.
+    Used by WHP's reinforced model and KGA's A_f / A_n."""
+    from dataclasses import replace
+
+    stage = replace(cfg, lr=lr or cfg.lr, epochs=epochs, max_steps=None, stop_forget_prob=None, track_em_every=0)
+    run(model, Finetune(), data, stage, desc=desc)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
 def run_method(
     model: Any,
     method: Method,

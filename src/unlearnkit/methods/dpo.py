@@ -37,10 +37,9 @@ from torch import Tensor
 
 from ..data.records import Example
 from ..errors import ConfigError, DataError
-from ..logprobs import forward, sequence_logp
 from ..registry import METHODS
-from .base import RETAIN_KINDS, LossOutput, Method, check_choice, check_positive, combine, ref_logp, retain_term
-from .idk import IDK_ANSWERS, dpo_loss
+from .base import RETAIN_KINDS, LossOutput, Method, check_choice, check_positive
+from .idk import IDK_ANSWERS, dpo_loss, preference_unlearning_loss  # noqa: F401 (dpo_loss: the shared maths)
 
 MISSING_CHOICES = ("error", "idk")
 
@@ -124,10 +123,4 @@ class DPO(Method):
         )
 
     def loss(self, model: Any, batch: dict[str, dict[str, Tensor]], ref: Any | None) -> LossOutput:
-        win, lose = batch["alternate"], batch["forget"]
-        win_logp = sequence_logp(forward(model, win).logits, win["labels"])  # (B,) summed
-        lose_logp = sequence_logp(forward(model, lose).logits, lose["labels"])  # (B,) summed
-        win_ref, lose_ref = ref_logp(batch, "alternate").to(win_logp), ref_logp(batch, "forget").to(lose_logp)
-        forget = dpo_loss(win_logp, win_ref, lose_logp, lose_ref, self.beta)
-        retain = retain_term(model, ref, batch.get("retain"), self.retain_loss)
-        return combine(forget, retain, forget_weight=self.forget_weight, retain_weight=self.retain_weight)
+        return preference_unlearning_loss(self, model, batch, ref, win="alternate")

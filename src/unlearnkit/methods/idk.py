@@ -77,10 +77,17 @@ class IdkDPO(Method):
         return {"idk": (ex.question, rng.choice(IDK_ANSWERS))}
 
     def loss(self, model: Any, batch: dict[str, dict[str, Tensor]], ref: Any | None) -> LossOutput:
-        win, lose = batch["idk"], batch["forget"]
-        win_logp = sequence_logp(forward(model, win).logits, win["labels"])  # (B,) summed
-        lose_logp = sequence_logp(forward(model, lose).logits, lose["labels"])  # (B,) summed
-        win_ref, lose_ref = ref_logp(batch, "idk").to(win_logp), ref_logp(batch, "forget").to(lose_logp)
-        forget = dpo_loss(win_logp, win_ref, lose_logp, lose_ref, self.beta)
-        retain = retain_term(model, ref, batch.get("retain"), self.retain_loss)
-        return combine(forget, retain, forget_weight=self.forget_weight, retain_weight=self.retain_weight)
+        return preference_unlearning_loss(self, model, batch, ref, win="idk")
+
+
+def preference_unlearning_loss(method: Any, model: Any, batch: dict[str, dict[str, Tensor]], ref: Any | None, *,
+                               win: str) -> LossOutput:
+    """DPO with win = view ``win`` and lose = the forget answer (reference log-probs pre-computed
+    for both), plus ``method``'s retain term: the loss of ``idk`` and ``dpo``."""
+    w, lose = batch[win], batch["forget"]
+    win_logp = sequence_logp(forward(model, w).logits, w["labels"])  # (B,) summed
+    lose_logp = sequence_logp(forward(model, lose).logits, lose["labels"])  # (B,) summed
+    win_ref, lose_ref = ref_logp(batch, win).to(win_logp), ref_logp(batch, "forget").to(lose_logp)
+    forget = dpo_loss(win_logp, win_ref, lose_logp, lose_ref, method.beta)
+    retain = retain_term(model, ref, batch.get("retain"), method.retain_loss)
+    return combine(forget, retain, forget_weight=method.forget_weight, retain_weight=method.retain_weight)

@@ -37,7 +37,6 @@ Adaptation to a causal LM and deviations (toolkit choices, not from the paper):
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -163,15 +162,12 @@ class KGA(Method):
     def _aux_model(self, model: Any, path: str, train_data: Any, cfg: Any, what: str) -> Any:
         """Load ``path``, or finetune a copy of ``base_model`` (default: of ``model``) on ``train_data``."""
         from ..models import load_model
-        from ..train import Finetune, run
+        from ..train import finetune_frozen
 
         if path:
             return _freeze(load_model(path))
         aux = load_model(self.base_model) if self.base_model else copy.deepcopy(model)
-        aux_cfg = dataclasses.replace(cfg, lr=self.aux_lr or cfg.lr, epochs=self.aux_epochs, max_steps=None,
-                                      stop_forget_prob=None, track_em_every=0)
-        run(aux, Finetune(), train_data, aux_cfg, desc=f"kga:{what}")
-        return _freeze(aux)
+        return finetune_frozen(aux, train_data, cfg, epochs=self.aux_epochs, lr=self.aux_lr, desc=f"kga:{what}")
 
     def setup(self, model: Any, ref: Any | None) -> None:
         device = next(model.parameters()).device

@@ -6,10 +6,10 @@ arXiv 2402.05813).
 span* tokens S of the forget answers only (minus their mean NLL), no loss on the other tokens, plus
 an optional retain term. The SeUL metrics are ``s_ma`` / ``s_el`` (``metrics/sensitive.py``).
 
-Reference implementation: none; no official code was found. The spans come from
-``unlearnkit.data.spans`` (record annotations, regex annotators, or the online selector
-``select_tokens``) and are mapped to tokens with ``metrics.sensitive_probes.answer_span_mask``, the
-same mapping the S-MA / S-EL probes use. The spec is ``shared/research/methods_a.md`` §5, whose loss
+Reference implementation: none; no official code was found. The spans come from the annotation
+component ``unlearnkit.annotate`` (record annotations, regex annotators, or online from the model's
+token likelihoods; also ``unlearnkit annotate`` on the command line) and are mapped to tokens with
+``metrics.sensitive_probes.answer_span_mask``, the same mapping the S-MA / S-EL probes use. The spec is ``shared/research/methods_a.md`` §5, whose loss
 formula is reconstructed from the abstract (UNVERIFIED).
 
 Deviations and unverified choices (all configurable):
@@ -36,22 +36,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from ..data.format import IGNORE, Encoded, PromptTemplate, collate
-from ..data.spans import (ONLINE_RULES, REGEX_PATTERNS, merge_spans, regex_spans, select_tokens, spans_from_example,
-                          token_runs)
-from ..errors import ConfigError, DataError
+from ..annotate import annotate, check_settings
+from ..data.format import IGNORE, Encoded, PromptTemplate
+from ..data.spans import token_runs
+from ..errors import DataError
 from ..logprobs import forward, token_logp
 from ..metrics.sensitive_probes import answer_span_mask
 from ..registry import METHODS
 from .base import RETAIN_KINDS, LossOutput, Method, check_choice, check_positive, combine, retain_term
 
 log = logging.getLogger(__name__)
-
-SPAN_SOURCES = ("records", "regex", "online", "records+regex")
-
 
 def seul_loss(logp: Tensor, span_mask: Tensor) -> Tensor:
     """Mean log-prob of the span tokens (minimising it is gradient ascent on their NLL).
@@ -69,29 +65,6 @@ def span_view(enc: Encoded, answer_mask: np.ndarray) -> Encoded:
     for j in np.flatnonzero(answer_mask):
         labels[n + j] = enc.input_ids[n + j]
     return Encoded(list(enc.input_ids), labels, enc.truncated)
-
-
-@torch.no_grad()
-def answer_token_logp(model: Any, encs: list[Encoded], pad_id: int, batch_size: int = 16) -> list[np.ndarray]:
-    """Per-example (T_i,) log p(x_t | x_<t) of the answer tokens without EOS; NaN for an answer
-    token at position 0 (nothing predicts it)."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, len(encs), batch_size):
-        chunk = encs[start : start + batch_size]
-        b = {k: t.to(device) for k, t in collate(chunk, pad_id).items()}
-        logp, _ = token_logp(forward(model, b).logits, b["labels"])  # (B, L-1): [:, t-1] scores token t
-        for row, e in zip(logp.float().cpu().numpy(), chunk):
-            n, T = e.prompt_len, len(e.input_ids) - e.prompt_len - 1
-            scores = np.full(max(T, 0), np.nan)
-            lo = 1 if n == 0 else 0  # a first token of the sequence has no prediction
-            if T > lo:
-                scores[lo:] = row[n - 1 + lo : n - 1 + T]
-            out.append(scores)
-    model.train(was_training)
-    return out
 
 
 @METHODS.register(
@@ -114,16 +87,9 @@ class SeUL(Method):
     retain_loss: str = "none"  # none: Jang et al.'s GA loop (arXiv 2210.01504) that SeUL builds on
 
     def __post_init__(self) -> None:
-        check_choice("spans", self.spans, SPAN_SOURCES)
-        check_choice("online_rule", self.online_rule, ONLINE_RULES)
+        check_settings(self.spans, self.kinds, self.online_fraction, self.online_rule)
         check_choice("retain_loss", self.retain_loss, RETAIN_KINDS)
         check_positive(forget_weight=self.forget_weight, retain_weight=self.retain_weight)
-        if not 0.0 < self.online_fraction <= 1.0:
-            raise ConfigError(f"online_fraction must be in (0, 1], got {self.online_fraction}")
-        unknown = [k for k in self.kinds if k not in REGEX_PATTERNS]
-        if unknown or ("regex" in self.spans and not self.kinds):
-            raise ConfigError(f"regex_kinds={self.regex_kinds!r}: give a comma-separated list of "
-                              f"{', '.join(REGEX_PATTERNS)}" + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
         self.span_tokens = self.span_records = self.n_spans = 0  # counts filled by prepare (logs)
 
     @property
@@ -131,24 +97,20 @@ class SeUL(Method):
         return tuple(k.strip() for k in self.regex_kinds.split(",") if k.strip())
 
     def answer_masks(self, model: Any, data: Any, cfg: Any) -> list[np.ndarray]:
-        """(T_i,) bool span mask over the answer tokens (no EOS) of every forget example."""
+        """(T_i,) bool span mask over the answer tokens (no EOS) of every forget example: the spans
+        of :func:`unlearnkit.annotate.annotate` mapped to tokens as the S-MA probe does."""
         encs = [views["forget"] for views in data.forget]
-        if self.spans == "online":
-            scores = answer_token_logp(model, encs, data.pad_id, getattr(cfg, "batch_size", 16))
-            return [select_tokens(np.exp(s), self.online_fraction, self.online_rule) for s in scores]
         if len(data.examples) != len(encs):
             raise DataError("SeUL needs the forget records (data.examples) to find their spans; build the "
                             "data with unlearnkit.data.pair.build_paired")
-        masks = []
-        for enc, ex in zip(encs, data.examples):
-            spans = spans_from_example(ex) if self.spans in ("records", "records+regex") else []
-            if self.spans in ("regex", "records+regex"):
-                spans = merge_spans(spans + regex_spans(ex.answer, self.kinds))
-            try:
-                masks.append(answer_span_mask(enc, ex, spans, data.tokenizer, data.template or PromptTemplate()))
-            except ValueError as err:
-                raise DataError(f"cannot map the sensitive spans to tokens: {err}; or use spans=online") from None
-        return masks
+        template = data.template or PromptTemplate()
+        spans = annotate(data.examples, source=self.spans, kinds=self.kinds, model=model, tokenizer=data.tokenizer,
+                         template=template, fraction=self.online_fraction, rule=self.online_rule, encoded=encs)
+        try:
+            return [answer_span_mask(enc, ex, sp, data.tokenizer, template)
+                    for enc, ex, sp in zip(encs, data.examples, spans)]
+        except ValueError as err:
+            raise DataError(f"cannot map the sensitive spans to tokens: {err}; or use spans=online") from None
 
     def prepare(self, model: Any, data: Any, cfg: Any) -> None:
         """Add the "span" view: the forget input ids with labels only on the sensitive-span tokens."""

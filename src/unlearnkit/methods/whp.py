@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import dataclasses
 import gc
 import io
 import json
@@ -344,16 +343,9 @@ def generic_views(base: Any, reinforced: Any, data: Any, plans: list[Plan], *, a
 
 def reinforce(model: Any, data: Any, cfg: Any, *, epochs: float, lr: float) -> Any:
     """The reinforced model: a frozen copy of ``model`` finetuned further on the forget set."""
-    from ..train import Finetune, run
+    from ..train import finetune_frozen
 
-    reinforced = copy.deepcopy(model)
-    stage = dataclasses.replace(cfg, lr=lr or cfg.lr, epochs=epochs, max_steps=None, stop_forget_prob=None,
-                                track_em_every=0)
-    run(reinforced, Finetune(), data, stage, desc="whp:reinforce")
-    reinforced.eval()
-    for p in reinforced.parameters():
-        p.requires_grad_(False)
-    return reinforced
+    return finetune_frozen(copy.deepcopy(model), data, cfg, epochs=epochs, lr=lr, desc="whp:reinforce")
 
 
 @METHODS.register(
