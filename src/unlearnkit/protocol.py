@@ -324,9 +324,9 @@ class Protocol:
         """The method's settings, with the inputs it needs from the user filled from the benchmark
         when left empty: ``new_data`` (a non-member set from the training distribution, KGA's
         D_n) = the split's holdout file; ``terms`` (WHP's anchored-term dictionary) = the
-        synthetic benchmark's ``forgetNN_terms.csv`` when the data folder has one (TOFU has none). Note that the holdout set is also the non-member side of
-        the MIA metrics, so such a method has seen (through an auxiliary model) what non-members
-        look like."""
+        synthetic benchmark's ``forgetNN_terms.csv`` when the data folder has one (TOFU has none).
+        The holdout set is also the non-member side of the MIA metrics, so such a method has seen
+        (through an auxiliary model) what non-members look like."""
         args = dict(self.cfg.method_args)
         inputs = METHODS.meta[self.cfg.method].get("inputs", ())
         if "new_data" in inputs and not args.get("new_data"):
@@ -340,7 +340,6 @@ class Protocol:
                 and not args.get("terms") and terms.is_file():
             args["terms"] = str(terms)
         return args
-
 
     def _forget_file(self, data_dir: Path) -> Path:
         """The forget split; for a method that prefers alternate answers (``dpo``: field
