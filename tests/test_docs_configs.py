@@ -9,9 +9,11 @@ from unlearnkit.demo import DemoConfig
 from unlearnkit.config import EvalConfig, FinetuneConfig, UnlearnConfig, build_method, load_yaml
 from unlearnkit.docs import methods_markdown, metrics_markdown
 from unlearnkit.protocol import TofuProtocolConfig
+from unlearnkit.update import UpdateConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = {"unlearn": UnlearnConfig, "finetune": FinetuneConfig, "eval": EvalConfig, "demo": DemoConfig, "bench": TofuProtocolConfig}
+KINDS = {"unlearn": UnlearnConfig, "finetune": FinetuneConfig, "eval": EvalConfig, "demo": DemoConfig, "bench": TofuProtocolConfig,
+         "update": UpdateConfig}
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
@@ -23,6 +25,8 @@ def test_config_file_loads(path):
         assert cfg == DemoConfig(), "configs/demo.yaml must stay equal to the demo defaults"
     if isinstance(cfg, (UnlearnConfig, DemoConfig, TofuProtocolConfig)):
         build_method(cfg.method, cfg.method_args)  # hyperparameters are valid for the method
+    if isinstance(cfg, UpdateConfig):
+        cfg.validate()
 
 
 def test_docs_are_generated_from_the_registry():

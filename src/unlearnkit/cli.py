@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--forget", help="records to forget")
     u.add_argument("--retain", help="records to keep")
     u.add_argument("--method", help="method name (see `unlearnkit ls methods`)")
+    up = sub.add_parser("update", help="replace old facts by new ones (F-Learning or plain finetuning)")
+    _common(up)
+    up.add_argument("--edits", help="knowledge-update records: prompt / target_true / target_new (or CounterFact, zsRE)")
+    up.add_argument("--method", help="flearning (forget the old facts first) | finetune (the baseline)")
     e = sub.add_parser("eval", help="evaluate a model on a benchmark folder")
     _common(e)
     e.add_argument("--suite", help="evaluation suite (tofu)")
@@ -233,6 +237,25 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_update(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .report import print_summary
+    from .update import UpdateConfig, run_update
+
+    cfg = _config(UpdateConfig, ns.args)
+    _model_flags(cfg, ns)
+    cfg.edits = ns.edits or cfg.edits
+    cfg.method = ns.method or cfg.method
+    if ns.no_progress:
+        cfg.forget.progress = cfg.learn.progress = False
+    doc = run_update(cfg)
+    print_summary(doc)
+    out = Path(cfg.out)
+    print(f"updated with {cfg.method} -> {out} (results: {out.with_name(out.name + '.results.json')})")
+    return 0
+
+
 def cmd_annotate(ns: argparse.Namespace) -> int:
     from .annotate import annotate_file
 
@@ -246,6 +269,7 @@ def cmd_annotate(ns: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo, "finetune": cmd_finetune, "unlearn": cmd_unlearn, "eval": cmd_eval,
     "ls": cmd_ls, "report": cmd_report, "compare": cmd_compare, "bench": cmd_bench, "annotate": cmd_annotate,
+    "update": cmd_update,
 }
 
 
