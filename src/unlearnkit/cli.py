@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(up)
     up.add_argument("--edits", help="knowledge-update records: prompt / target_true / target_new (or CounterFact, zsRE)")
     up.add_argument("--method", help="flearning (forget the old facts first) | finetune (the baseline)")
+    dp = sub.add_parser("depn", help="detect and zero privacy neurons (DEPN, Wu et al. 2023)")
+    _common(dp)
+    dp.add_argument("--records", help="question/answer records; the secret is the `secret` column "
+                    "(or `sensitive` strings, or the whole answer)")
     e = sub.add_parser("eval", help="evaluate a model on a benchmark folder")
     _common(e)
     e.add_argument("--suite", help="evaluation suite (tofu)")
@@ -256,6 +260,23 @@ def cmd_update(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_depn(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .depn import DepnConfig, run_depn
+    from .report import print_summary
+
+    cfg = _config(DepnConfig, ns.args)  # overrides: erase_num=50 threshold_ratio=0.1 ig_steps=20 ...
+    _model_flags(cfg, ns)
+    cfg.records = ns.records or cfg.records
+    doc = run_depn(cfg)
+    print_summary(doc)
+    out = Path(cfg.out)
+    print(f"edited {len(doc['config']['neurons'])} neurons (per layer: {doc['config']['layer_histogram']}) -> {out} "
+          f"(results: {out.with_name(out.name + '.results.json')})")
+    return 0
+
+
 def cmd_annotate(ns: argparse.Namespace) -> int:
     from .annotate import annotate_file
 
@@ -269,7 +290,7 @@ def cmd_annotate(ns: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo, "finetune": cmd_finetune, "unlearn": cmd_unlearn, "eval": cmd_eval,
     "ls": cmd_ls, "report": cmd_report, "compare": cmd_compare, "bench": cmd_bench, "annotate": cmd_annotate,
-    "update": cmd_update,
+    "update": cmd_update, "depn": cmd_depn,
 }
 
 
