@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(dp)
     dp.add_argument("--records", help="question/answer records; the secret is the `secret` column "
                     "(or `sensitive` strings, or the whole answer)")
+    pc = sub.add_parser("pcgu", help="unlearn a bias with PCGU (Yu et al. 2023): partitioned contrastive gradients")
+    _common(pc)
+    pc.add_argument("--pairs", help="json/jsonl/csv with advantaged / disadvantaged sentences "
+                    "(default: the built-in 30 gender x occupation pairs)")
+    pc.add_argument("--neutral", help="records with a 'text' column for the perplexity check")
     e = sub.add_parser("eval", help="evaluate a model on a benchmark folder")
     _common(e)
     e.add_argument("--suite", help="evaluation suite (tofu)")
@@ -277,6 +282,23 @@ def cmd_depn(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pcgu(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .pcgu import PcguConfig, run_pcgu
+    from .report import print_summary
+
+    cfg = _config(PcguConfig, ns.args)  # overrides: lr=1e-5 epochs=5 k=10000 direction=increase_disadvantaged
+    _model_flags(cfg, ns)
+    cfg.pairs = ns.pairs or cfg.pairs
+    cfg.neutral = ns.neutral or cfg.neutral
+    doc = run_pcgu(cfg)
+    print_summary(doc)
+    out = Path(cfg.out)
+    print(f"PCGU -> {out} (results: {out.with_name(out.name + '.results.json')})")
+    return 0
+
+
 def cmd_annotate(ns: argparse.Namespace) -> int:
     from .annotate import annotate_file
 
@@ -290,7 +312,7 @@ def cmd_annotate(ns: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo, "finetune": cmd_finetune, "unlearn": cmd_unlearn, "eval": cmd_eval,
     "ls": cmd_ls, "report": cmd_report, "compare": cmd_compare, "bench": cmd_bench, "annotate": cmd_annotate,
-    "update": cmd_update, "depn": cmd_depn,
+    "update": cmd_update, "depn": cmd_depn, "pcgu": cmd_pcgu,
 }
 
 
