@@ -62,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--pairs", help="json/jsonl/csv with advantaged / disadvantaged sentences "
                     "(default: the built-in 30 gender x occupation pairs)")
     pc.add_argument("--neutral", help="records with a 'text' column for the perplexity check")
+    qk = sub.add_parser("quark", help="make a behaviour rarer with Quark (Lu et al. 2022): reward-quantile control tokens")
+    _common(qk)
+    qk.add_argument("--prompts", help="records with a 'prompt' (or 'question') column")
+    qk.add_argument("--reward", help="forbidden | repetition (default: forbidden)")
+    qk.add_argument("--forbidden", help="comma-separated strings the 'forbidden' reward penalises")
+    dr = sub.add_parser("dro", help="train a DRO safety soft prompt (Zheng et al. 2024) - a guard, not unlearning")
+    _common(dr)
+    dr.add_argument("--forget-queries", help="records (question/prompt column) the guard must refuse")
+    dr.add_argument("--other-queries", help="records (question/prompt column) the guard must keep answering")
+    dr.add_argument("--safety-prompt", help="text that initialises the soft prompt")
     e = sub.add_parser("eval", help="evaluate a model on a benchmark folder")
     _common(e)
     e.add_argument("--suite", help="evaluation suite (tofu)")
@@ -299,6 +309,45 @@ def cmd_pcgu(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quark(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .quark import QuarkConfig, run_quark
+    from .report import print_summary
+
+    cfg = _config(QuarkConfig, ns.args)  # overrides: iterations=4 steps_per_iteration=50 forbidden=[Zorblax]
+    _model_flags(cfg, ns)
+    cfg.prompts = ns.prompts or cfg.prompts
+    cfg.reward = ns.reward or cfg.reward
+    if ns.forbidden:
+        cfg.forbidden = [s for s in ns.forbidden.split(",") if s]
+    doc = run_quark(cfg)
+    print_summary(doc)
+    out = Path(cfg.out)
+    print(f"Quark -> {out} (results: {out.with_name(out.name + '.results.json')}); generate with "
+          f"{doc['config']['control_tokens']['prepend_token']} prepended to the prompt (after BOS)")
+    return 0
+
+
+def cmd_dro(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .dro import DroConfig, run_dro
+    from .report import print_summary
+
+    cfg = _config(DroConfig, ns.args)  # overrides: lr=1e-3 steps=160 n_tokens=0 other_mode=anchor estimator=mean_diff
+    _model_flags(cfg, ns)
+    cfg.forget_queries = ns.forget_queries or cfg.forget_queries
+    cfg.other_queries = ns.other_queries or cfg.other_queries
+    cfg.safety_prompt = ns.safety_prompt or cfg.safety_prompt
+    doc = run_dro(cfg)
+    print_summary(doc)
+    out = Path(cfg.out)
+    print(f"DRO soft prompt -> {out / 'soft_prompt.safetensors'} (results: {out / 'results.json'}); "
+          "model weights unchanged (a guard, not unlearning)")
+    return 0
+
+
 def cmd_annotate(ns: argparse.Namespace) -> int:
     from .annotate import annotate_file
 
@@ -313,6 +362,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo, "finetune": cmd_finetune, "unlearn": cmd_unlearn, "eval": cmd_eval,
     "ls": cmd_ls, "report": cmd_report, "compare": cmd_compare, "bench": cmd_bench, "annotate": cmd_annotate,
     "update": cmd_update, "depn": cmd_depn, "pcgu": cmd_pcgu,
+    "quark": cmd_quark, "dro": cmd_dro,
 }
 
 
