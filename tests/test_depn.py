@@ -235,3 +235,12 @@ def test_cli_depn_writes_the_edited_model_and_results(knows_secrets, tmp_path, c
     assert (out / "model.safetensors").is_file() and (tmp_path / "cli.results.json").is_file()
     assert main(["depn", "--model", model_dir, "--records", records, "--out", str(tmp_path / "x"), "erase_nm=5"]) == 2
     assert "erase_num" in capsys.readouterr().err  # did-you-mean
+
+
+def test_reciprocal_rank_by_hand():
+    from unlearnkit.depn import reciprocal_rank
+
+    scores = torch.tensor([0.1, 0.5, 0.3, 0.5])
+    assert reciprocal_rank(scores, 2) == pytest.approx(1 / 3)  # two scores above 0.3
+    assert reciprocal_rank(scores, 1) == 1.0 and reciprocal_rank(scores, 3) == 1.0  # a tie favours the secret
+    assert reciprocal_rank(scores, 0) == pytest.approx(1 / 4)

@@ -304,6 +304,12 @@ def _secret_exposure(model: Any, tokenizer: Any, ex: Example, secret: str, cfg: 
         return None
 
 
+def reciprocal_rank(scores: Tensor, target: int) -> float:
+    """1 / rank of ``target`` among ``scores`` (V,), rank = 1 + the number of strictly higher scores
+    (ties favour the secret): one term of DEPN's MRR (the paper's definition, not the code's)."""
+    return 1.0 / (1 + int((scores > scores[target]).sum()))
+
+
 @torch.no_grad()
 def _token_stats(model: Any, enc: Encoded, positions: set[int]) -> tuple[list[float], list[float], list[float]]:
     """(secret-token probs, secret-token 1/rank, NLLs of the other answer tokens) of one record."""
@@ -314,7 +320,7 @@ def _token_stats(model: Any, enc: Encoded, positions: set[int]) -> tuple[list[fl
         y = enc.input_ids[p]
         if p in positions:
             probs.append(float(logp[p - 1, y].exp()))
-            rr.append(1.0 / (1 + int((logits[p - 1] > logits[p - 1, y]).sum())))  # ties favour the secret
+            rr.append(reciprocal_rank(logits[p - 1], y))
         else:
             other.append(float(-logp[p - 1, y]))
     return probs, rr, other
