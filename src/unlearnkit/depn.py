@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .config import ModelConfig
 from .data.format import Encoded, PromptTemplate, encode, render_prompt
@@ -253,7 +254,8 @@ def detect(model: Any, tokenizer: Any, examples: Sequence[Example], cfg: DepnCon
         p.requires_grad_(False)  # gradients are taken w.r.t. the activations only
     try:
         found = []
-        for i, (ex, sp) in enumerate(zip(examples, spans), 1):
+        # disable=None: the bar shows only on a terminal
+        for i, (ex, sp) in enumerate(tqdm(list(zip(examples, spans)), desc="depn:detect", disable=None, leave=False), 1):
             if sp:
                 enc = _encode(ex, tokenizer, cfg)
                 pos = secret_positions(enc, ex, sp, tokenizer, cfg.template, index=i)

@@ -47,6 +47,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .config import ModelConfig
 from .data.format import PromptTemplate, render_prompt
@@ -311,7 +312,7 @@ def dro_train(model: Any, tokenizer: Any, queries: Sequence[str], labels: Tensor
         s = torch.nn.Parameter(soft.clone())
         opt = torch.optim.AdamW([s], lr=cfg.lr)
         gen, log = torch.Generator().manual_seed(cfg.seed), []
-        for step in range(cfg.steps):
+        for step in tqdm(range(cfg.steps), desc="dro", disable=None, leave=False):  # shown only on a terminal
             idx = torch.randperm(len(queries), generator=gen)[:cfg.batch_size]
             h = last_hidden(model, tokenizer, [queries[i] for i in idx], s, template=cfg.template)
             loss = dro_loss(h, h0[idx], labels[idx], mean=est.mean, components=est.components, refusal=est.refusal,

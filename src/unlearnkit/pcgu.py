@@ -54,6 +54,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .config import ModelConfig
 from .data.format import Encoded, collate
@@ -320,7 +321,7 @@ def pcgu_train(model: Any, tokenizer: Any, pairs: Sequence[BiasPair], *, lr: flo
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr)  # the code's momentum=0.9 is never passed to SGD
     rng, columns, log = random.Random(seed), conv1d_names(model), []
-    for epoch in range(epochs):
+    for epoch in tqdm(range(epochs), desc="pcgu", disable=None, leave=False):  # shown only on a terminal
         for batch in _batches(pairs, batch_size, rng):
             info = pcgu_step(model, tokenizer, batch, optimizer, k=k, direction=direction, columns=columns,
                              skip_zero_grad=skip_zero_grad)

@@ -59,6 +59,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .config import ModelConfig
 from .data.records import read_rows
@@ -319,7 +320,7 @@ def quark_train(model: Any, tokenizer: Any, prompts: Sequence[str], reward: Rewa
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
     rng, pool, log, rounds = random.Random(cfg.seed), [], [], []
     torch.manual_seed(cfg.seed)
-    for it in range(cfg.iterations):
+    for it in tqdm(range(cfg.iterations), desc="quark", disable=None, leave=False):  # shown only on a terminal
         explorer, control = (ref, None) if it == 0 else (model, tokens[0])  # round 0: p_0 without a token
         samples = [s for s in sample_completions(explorer, tokenizer, prompts, n=cfg.samples_per_prompt,
                                                  control_id=control, cfg=cfg, suppress=tokens) if s[1]]
