@@ -72,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--forget-queries", help="records (question/prompt column) the guard must refuse")
     dr.add_argument("--other-queries", help="records (question/prompt column) the guard must keep answering")
     dr.add_argument("--safety-prompt", help="text that initialises the soft prompt")
+    au = sub.add_parser("audit", help="attack an unlearned model and report how much forgotten knowledge comes back")
+    _common(au)
+    au.add_argument("--reference", help="the target model directory (before unlearning)")
+    au.add_argument("--retain-model", help="a model that never saw the forget set (the honest floor)")
+    au.add_argument("--forget", help="forget records")
+    au.add_argument("--retain", help="other records (for attacks that use them)")
+    au.add_argument("--attacks", help="comma-separated attack names, or all (see ATTACKS)")
+    au.add_argument("--fail-above", type=float, help="exit with status 3 if a recovery ratio exceeds this")
     e = sub.add_parser("eval", help="evaluate a model on a benchmark folder")
     _common(e)
     e.add_argument("--suite", help="evaluation suite (tofu)")
@@ -348,6 +356,33 @@ def cmd_dro(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(ns: argparse.Namespace) -> int:
+    from .audit import AuditConfig, run_audit
+
+    cfg = _config(AuditConfig, ns.args)
+    _model_flags(cfg, ns)
+    for flag, key in (("reference", "reference"), ("retain_model", "retain_model"), ("forget", "forget"),
+                      ("retain", "retain"), ("fail_above", "fail_above")):
+        if getattr(ns, flag) is not None:
+            setattr(cfg, key, getattr(ns, flag))
+    if ns.attacks:
+        cfg.attacks = [a.strip() for a in ns.attacks.split(",") if a.strip()]
+    doc = run_audit(cfg)
+    for name, row in doc["attacks"].items():
+        cells = [f"{who}: forget prob {row[who]['forget_prob']:.3g}, recovery {_ratio(row[who]['recovery_ratio'])}"
+                 for who in ("unlearned", "retain") if who in row]
+        print(f"{name:12s} " + " | ".join(cells))
+    print(f"max recovery ratio {_ratio(doc['max_recovery_ratio'])}" + (f" -> {cfg.out}" if cfg.out else ""))
+    if doc["passed"] is False:
+        print(f"FAILED: a recovery ratio exceeds --fail-above {cfg.fail_above}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _ratio(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
 def cmd_annotate(ns: argparse.Namespace) -> int:
     from .annotate import annotate_file
 
@@ -362,7 +397,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo, "finetune": cmd_finetune, "unlearn": cmd_unlearn, "eval": cmd_eval,
     "ls": cmd_ls, "report": cmd_report, "compare": cmd_compare, "bench": cmd_bench, "annotate": cmd_annotate,
     "update": cmd_update, "depn": cmd_depn, "pcgu": cmd_pcgu,
-    "quark": cmd_quark, "dro": cmd_dro,
+    "quark": cmd_quark, "dro": cmd_dro, "audit": cmd_audit,
 }
 
 
