@@ -14,7 +14,7 @@ NAMES = ATTACKS.names()
 
 
 def test_attacks_are_registered():
-    assert {"quantize", "relearn"} <= set(NAMES)
+    assert {"benign", "quantize", "relearn"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -96,24 +96,30 @@ class Relearn(Attack):
 
     def run(self, model: Any, tokenizer: Any, data: AttackData) -> Any:
         """Return a finetuned copy of ``model`` (LoRA merged back); ``model`` is not modified."""
-        from ..data.pair import build_paired
-        from ..models import LoraSettings, maybe_add_lora, merged
-        from ..train import Finetune, TrainConfig
-        from ..train import run as train_run
-
         if not data.forget_train:
             raise DataError("the relearning attack needs forget records to train on: AttackData.forget_train is "
                             "empty. Split the forget set (unlearnkit.attacks.relearn.split_forget) into a small "
                             "part the attacker trains on (forget_train) and a held-out part where recovery is "
                             "measured (forget_eval)")
-        paired = build_paired(None, data.forget_train, [], tokenizer, template=data.template,
-                              max_length=data.max_length, seed=self.seed)
-        lora = LoraSettings(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout)
-        attacked = maybe_add_lora(copy.deepcopy(model), lora)
-        cfg = TrainConfig(lr=self.lr, max_steps=self.steps, batch_size=self.batch_size, scheduler=self.scheduler,
-                          warmup_ratio=self.warmup_ratio, weight_decay=self.weight_decay, seed=self.seed,
-                          progress=False, threads=torch.get_num_threads())
-        train_run(attacked, Finetune(), paired, cfg, desc="relearn")
-        attacked = merged(attacked)
-        attacked.eval()
-        return attacked
+        return finetune_copy(model, tokenizer, data.forget_train, self, data, desc="relearn")
+
+
+def finetune_copy(model: Any, tokenizer: Any, examples: list, s: Any, data: AttackData, *, desc: str) -> Any:
+    """A copy of ``model`` finetuned on ``examples`` with the settings of ``s`` (steps, lr, batch_size,
+    lora_*, scheduler, warmup_ratio, weight_decay, seed), LoRA merged back: the relearning and
+    benign-finetuning attacks."""
+    from ..data.pair import build_paired
+    from ..models import LoraSettings, maybe_add_lora, merged
+    from ..train import Finetune, TrainConfig
+    from ..train import run as train_run
+
+    paired = build_paired(None, examples, [], tokenizer, template=data.template, max_length=data.max_length,
+                          seed=s.seed)
+    attacked = maybe_add_lora(copy.deepcopy(model), LoraSettings(r=s.lora_r, alpha=s.lora_alpha, dropout=s.lora_dropout))
+    cfg = TrainConfig(lr=s.lr, max_steps=s.steps, batch_size=s.batch_size, scheduler=s.scheduler,
+                      warmup_ratio=s.warmup_ratio, weight_decay=s.weight_decay, seed=s.seed, progress=False,
+                      threads=torch.get_num_threads())
+    train_run(attacked, Finetune(), paired, cfg, desc=desc)
+    attacked = merged(attacked)
+    attacked.eval()
+    return attacked
