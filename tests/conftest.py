@@ -3,6 +3,8 @@
 Fixtures (reuse them in any test file):
 - ``tiny_examples``  session: (forget, retain) lists of ``Example`` (4 synthetic people x 8 facts;
   person 0 is the forget set; its records have an ``alternate`` extra column for method 'dpo').
+- ``tiny_forget_tofu`` session: the same forget records with TOFU's extra columns
+  (``paraphrased_question``, ``paraphrased_answer``, ``perturbed_answers``: 3 false answers).
 - ``tiny_model_dir`` session: a directory with a tiny random Llama + BPE tokenizer built on them.
 - ``tiny_tokenizer`` session: its tokenizer.
 - ``tiny_model``     function: a fresh copy of the model for each test (safe to train in place).
@@ -70,6 +72,15 @@ def tiny_examples() -> tuple[list[Example], list[Example]]:
     # forget records carry an alternate answer (the first perturbed one), as method 'dpo' needs
     forget = [Example(r["question"], r["answer"], extras={"alternate": r["perturbed_answer"][0]}) for r in rows[0]]
     return forget, to_ex([r for rs in rows[1:] for r in rs])
+
+
+@pytest.fixture(scope="session")
+def tiny_forget_tofu(tiny_examples) -> list[Example]:
+    rows = person_qa(generate_people(N_PEOPLE, seed=0)[0], N_FACTS, rng=random.Random(0))
+    full = [Example(r["question"], r["answer"], r["paraphrased_answer"], tuple(r["perturbed_answer"]),
+                    r["paraphrased_question"]) for r in rows]
+    assert [(e.question, e.answer) for e in full] == [(e.question, e.answer) for e in tiny_examples[0]]
+    return full
 
 
 @pytest.fixture(scope="session")

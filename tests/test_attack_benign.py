@@ -24,13 +24,13 @@ def test_benign_finetuning_on_unrelated_records_recovers(learned_model, tiny_mod
     prob = lambda m: forget_probability(m, tiny_tokenizer, forget, PromptTemplate(), 128)  # noqa: E731
     target, before = prob(learned_model), prob(unlearned)
     data = AttackData(forget_train=[], forget_eval=forget, retain=retain, max_length=128)
-    attacked = Benign(n_samples=10, epochs=3, lr=3e-3).run(unlearned, tiny_tokenizer, data)
+    attacked = Benign(n_samples=10, epochs=3, lr=3e-3).run(unlearned, tiny_tokenizer, data).model
     ratio = recovery_ratio(attacked=prob(attacked), unlearned=before, target=target).value
     print(f"target {target:.4f} unlearned {before:.4f} attacked {prob(attacked):.4f} ratio {ratio:.3f}")
     assert target > 3 * before and ratio > 0.05
     # control: the same finetuning of a model that never learned the forget set reaches far less, so
     # what comes back is hidden knowledge, not something the unrelated records taught
-    never = prob(Benign(n_samples=10, epochs=3, lr=3e-3).run(tiny_model, tiny_tokenizer, data))
+    never = prob(Benign(n_samples=10, epochs=3, lr=3e-3).run(tiny_model, tiny_tokenizer, data).model)
     print(f"never-learned model after the attack {never:.4f}")
     assert prob(attacked) > 2 * never
 

@@ -73,7 +73,7 @@ def test_registered_with_paper():
 
 def test_run_returns_quantized_copy(tiny_model, tiny_tokenizer):
     before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
-    attacked = Quantize(bits=4).run(tiny_model, tiny_tokenizer, None)
+    attacked = Quantize(bits=4).run(tiny_model, tiny_tokenizer, None).model
     assert attacked is not tiny_model
     for k, v in tiny_model.state_dict().items():
         assert torch.equal(v, before[k])  # the input model is untouched
@@ -87,7 +87,7 @@ def test_run_returns_quantized_copy(tiny_model, tiny_tokenizer):
             expected = quantize_rtn(mod.weight, bits=4, granularity="channel", group_size=128, symmetric=False)
             assert torch.equal(out[name].weight, expected) and not torch.equal(expected, mod.weight)
     # skip="" quantizes the head too
-    head = Quantize(bits=4, skip="").run(tiny_model, tiny_tokenizer, None).lm_head.weight
+    head = Quantize(bits=4, skip="").run(tiny_model, tiny_tokenizer, None).model.lm_head.weight
     assert len(torch.unique(head[0])) <= 16
 
 
@@ -106,7 +106,7 @@ def test_small_lr_unlearning_stays_in_the_same_bins_on_the_tiny_model(learned_mo
     run(unlearned, GradAscent(), data, TrainConfig(max_steps=3, batch_size=8, lr=1e-3, weight_decay=0.0,
                                                    scheduler="constant", progress=False, threads=1))
     attack = Quantize(bits=4)
-    q_target, q_unlearned = attack.run(target, tiny_tokenizer, None), attack.run(unlearned, tiny_tokenizer, None)
+    q_target, q_unlearned = attack.run(target, tiny_tokenizer, None).model, attack.run(unlearned, tiny_tokenizer, None).model
     same = total = moved = 0
     for (name, t), (_, u), (_, qt), (_, qu) in zip(target.named_parameters(), unlearned.named_parameters(),
                                                    q_target.named_parameters(), q_unlearned.named_parameters()):

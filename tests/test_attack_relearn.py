@@ -67,7 +67,7 @@ def _prob(model, tokenizer, examples) -> float:
 def test_relearning_half_the_forget_set_recovers_the_other_half(learned_model, unlearned, tiny_model, tiny_tokenizer,
                                                                  halves):
     before = {n: p.detach().clone() for n, p in unlearned.named_parameters()}
-    attacked = Relearn(**ATTACK).run(unlearned, tiny_tokenizer, halves)
+    attacked = Relearn(**ATTACK).run(unlearned, tiny_tokenizer, halves).model
     assert all(torch.equal(p, before[n]) for n, p in unlearned.named_parameters()), "the input model was changed"
     held = halves.forget_eval
     target, gone, back = (_prob(m, tiny_tokenizer, held) for m in (learned_model, unlearned, attacked))
@@ -77,14 +77,14 @@ def test_relearning_half_the_forget_set_recovers_the_other_half(learned_model, u
     assert ratio is not None and ratio > 0.25, ratio  # measured ~0.47
     # control: the same attack on a model that never knew the forget set barely moves the held-out half,
     # so the recovery above is knowledge coming back, not generalisation from the train half
-    control = _prob(Relearn(**ATTACK).run(tiny_model, tiny_tokenizer, halves), tiny_tokenizer, held)
+    control = _prob(Relearn(**ATTACK).run(tiny_model, tiny_tokenizer, halves).model, tiny_tokenizer, held)
     print(f"control (never-trained model, same attack): {control:.4f}")
     assert back > 5 * control
 
 
 def test_lora_mode_returns_a_merged_plain_model(unlearned, tiny_tokenizer, halves):
     before = {n: p.detach().clone() for n, p in unlearned.named_parameters()}
-    attacked = Relearn(steps=3, lr=1e-2, lora_r=8, lora_alpha=16).run(unlearned, tiny_tokenizer, halves)
+    attacked = Relearn(steps=3, lr=1e-2, lora_r=8, lora_alpha=16).run(unlearned, tiny_tokenizer, halves).model
     assert type(attacked) is type(unlearned) and not hasattr(attacked, "merge_and_unload")
     assert all(torch.equal(p, before[n]) for n, p in unlearned.named_parameters()), "the input model was changed"
     names = dict(attacked.named_parameters())

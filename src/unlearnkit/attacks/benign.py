@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import ConfigError, DataError
 from ..registry import ATTACKS
-from .base import Attack, AttackData
+from .base import Attack, AttackData, Attacked
 from .relearn import SCHEDULERS, finetune_copy
 
 
@@ -26,7 +26,7 @@ from .relearn import SCHEDULERS, finetune_copy
     "benign",
     paper="Łucki et al. 2024, An Adversarial Perspective on Machine Unlearning for AI Safety, arXiv:2409.18025",
     reference="ethz-spylab/unlearning-vs-safety src/finetuning/finetune.py",
-    cost="epochs x n_samples / batch_size optimizer steps of finetuning on unrelated records",
+    cost="budget x epochs x n_samples / batch_size optimizer steps of finetuning on unrelated records",
 )
 @dataclass(kw_only=True)
 class Benign(Attack):
@@ -52,14 +52,15 @@ class Benign(Attack):
 
     @property
     def steps(self) -> int:
-        """Optimizer steps of the finetuning (what ``finetune_copy`` runs)."""
-        return self.epochs * -(-self.n_samples // self.batch_size)
+        """Optimizer steps of the finetuning (what ``finetune_copy`` runs), ``budget`` included."""
+        return self.scaled(self.epochs * -(-self.n_samples // self.batch_size))
 
-    def run(self, model: Any, tokenizer: Any, data: AttackData) -> Any:
-        """Return a copy of ``model`` finetuned on ``n_samples`` retain records; ``model`` is not modified."""
+    def run(self, model: Any, tokenizer: Any, data: AttackData) -> Attacked:
+        """A copy of ``model`` finetuned on ``n_samples`` retain records; ``model`` is not modified."""
         if not data.retain:
             raise DataError("the benign finetuning attack trains on unrelated records: AttackData.retain is empty "
                             "(give the audit --retain FILE)")
         pool = list(data.retain)
         random.Random(self.seed).shuffle(pool)
-        return finetune_copy(model, tokenizer, pool[: self.n_samples], self, data, desc="benign")
+        attacked = finetune_copy(model, tokenizer, pool[: self.n_samples], self, data, steps=self.steps, desc="benign")
+        return Attacked(attacked, info={"steps": self.steps, "records": len(pool[: self.n_samples])})

@@ -37,7 +37,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..methods.base import check_choice
 from ..registry import ATTACKS
-from .base import Attack, AttackData
+from .base import Attack, AttackData, Attacked
 
 GRANULARITIES = ("channel", "group", "tensor")
 _NAME_PART = re.compile(r"^[A-Za-z0-9_.]+$")  # what a torch module name can contain
@@ -96,7 +96,7 @@ def _linear_weights(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, 
     "quantize",
     paper="Zhang et al. 2024, Catastrophic Failure of LLM Unlearning via Quantization (ICLR 2025), arXiv:2410.16454",
     reference="zzwjames/FailureLLMUnlearning utils.py::load_model (bitsandbytes load_in_4bit / load_in_8bit)",
-    cost="no training: one pass over the weights (seconds)",
+    cost="no training: one pass over the weights (seconds); budget has no effect",
 )
 @dataclass(kw_only=True)
 class Quantize(Attack):
@@ -127,9 +127,10 @@ class Quantize(Attack):
     def skip_parts(self) -> tuple[str, ...]:
         return tuple(s.strip() for s in self.skip.split(",") if s.strip())
 
-    def run(self, model: Any, tokenizer: Any, data: AttackData | None = None) -> Any:
+    def run(self, model: Any, tokenizer: Any, data: AttackData | None = None) -> Attacked:
         """A deep copy of ``model`` whose Linear weights (except ``skip``) are RTN-quantized."""
         attacked = copy.deepcopy(model)
+        n = 0
         with torch.no_grad():
             for name, mod, transposed in _linear_weights(attacked):
                 if _skipped(name, self.skip_parts):
@@ -138,4 +139,5 @@ class Quantize(Attack):
                 q = quantize_rtn(w, bits=self.bits, granularity=self.granularity, group_size=self.group_size,
                                  symmetric=self.symmetric)
                 mod.weight.copy_(q.t() if transposed else q)
-        return attacked
+                n += 1
+        return Attacked(attacked, info={"quantized_layers": n})

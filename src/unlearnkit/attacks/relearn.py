@@ -36,7 +36,7 @@ import torch
 from ..errors import ConfigError, DataError
 from ..methods.base import check_choice, check_positive
 from ..registry import ATTACKS
-from .base import Attack, AttackData
+from .base import Attack, AttackData, Attacked
 
 T = TypeVar("T")
 SCHEDULERS = ("cosine", "linear", "constant")
@@ -63,7 +63,7 @@ def split_forget(examples: Sequence[T], fraction: float = 0.5, seed: int = 0) ->
     "Guo et al. 2024, Mechanistic Unlearning (relearning eval), arXiv:2410.12949",
     reference="ethz-spylab/unlearning-vs-safety src/finetuning/finetune.py; "
     "magikarp01/mechanistic-unlearning finetuning_scripts/localized_finetuning_script_sports.py (relearning eval)",
-    cost="`steps` optimizer steps of finetuning (full or LoRA) on forget_train: ~ steps x batch_size "
+    cost="budget x `steps` optimizer steps of finetuning (full or LoRA) on forget_train: ~ steps x batch_size "
     "forward+backward passes",
 )
 @dataclass(kw_only=True)
@@ -73,7 +73,7 @@ class Relearn(Attack):
     Recovery is then measured on the other, held-out part of the forget set.
     """
 
-    steps: int = 20  # the budget knob (optimizer steps). Guo et al. relearning eval: 20 iterations;
+    steps: int = 20  # optimizer steps (times `budget`). Guo et al. relearning eval: 20 iterations;
     # Łucki et al. finetune.py: 3 epochs at batch 1 on n_samples records (e.g. 10 -> 30 steps)
     lr: float = 2e-4  # both papers: 2e-4 (Guo relearning eval; Łucki finetune.py)
     batch_size: int = 1  # Łucki finetune.py: batch 1 (Guo's batch size is not in our notes)
@@ -94,18 +94,21 @@ class Relearn(Attack):
         if not 0.0 <= self.lora_dropout < 1.0 or not 0.0 <= self.warmup_ratio < 1.0 or self.weight_decay < 0:
             raise ConfigError("lora_dropout and warmup_ratio must be in [0, 1) and weight_decay >= 0")
 
-    def run(self, model: Any, tokenizer: Any, data: AttackData) -> Any:
-        """Return a finetuned copy of ``model`` (LoRA merged back); ``model`` is not modified."""
+    def run(self, model: Any, tokenizer: Any, data: AttackData) -> Attacked:
+        """A finetuned copy of ``model`` (LoRA merged back); ``model`` is not modified."""
         if not data.forget_train:
             raise DataError("the relearning attack needs forget records to train on: AttackData.forget_train is "
                             "empty. Split the forget set (unlearnkit.attacks.relearn.split_forget) into a small "
                             "part the attacker trains on (forget_train) and a held-out part where recovery is "
                             "measured (forget_eval)")
-        return finetune_copy(model, tokenizer, data.forget_train, self, data, desc="relearn")
+        steps = self.scaled(self.steps)
+        attacked = finetune_copy(model, tokenizer, data.forget_train, self, data, steps=steps, desc="relearn")
+        return Attacked(attacked, info={"steps": steps, "records": len(data.forget_train)})
 
 
-def finetune_copy(model: Any, tokenizer: Any, examples: list, s: Any, data: AttackData, *, desc: str) -> Any:
-    """A copy of ``model`` finetuned on ``examples`` with the settings of ``s`` (steps, lr, batch_size,
+def finetune_copy(model: Any, tokenizer: Any, examples: list, s: Any, data: AttackData, *, steps: int,
+                  desc: str) -> Any:
+    """A copy of ``model`` finetuned for ``steps`` on ``examples`` with the settings of ``s`` (lr, batch_size,
     lora_*, scheduler, warmup_ratio, weight_decay, seed), LoRA merged back: the relearning and
     benign-finetuning attacks."""
     from ..data.pair import build_paired
@@ -116,7 +119,7 @@ def finetune_copy(model: Any, tokenizer: Any, examples: list, s: Any, data: Atta
     paired = build_paired(None, examples, [], tokenizer, template=data.template, max_length=data.max_length,
                           seed=s.seed)
     attacked = maybe_add_lora(copy.deepcopy(model), LoraSettings(r=s.lora_r, alpha=s.lora_alpha, dropout=s.lora_dropout))
-    cfg = TrainConfig(lr=s.lr, max_steps=s.steps, batch_size=s.batch_size, scheduler=s.scheduler,
+    cfg = TrainConfig(lr=s.lr, max_steps=steps, batch_size=s.batch_size, scheduler=s.scheduler,
                       warmup_ratio=s.warmup_ratio, weight_decay=s.weight_decay, seed=s.seed, progress=False,
                       threads=torch.get_num_threads())
     train_run(attacked, Finetune(), paired, cfg, desc=desc)
