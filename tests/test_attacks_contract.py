@@ -26,6 +26,7 @@ def test_builds_with_defaults_and_describes_itself(name):
     attack = cls()
     assert isinstance(attack, Attack) and dataclasses.is_dataclass(attack)
     assert attack.budget == 1.0  # every attack has the budget knob
+    assert attack.kind in ("model", "input", "read-out") and (attack.kind == "read-out") == attack.readout
     meta = ATTACKS.meta[name]
     assert meta["paper"] and meta["reference"] and meta["cost"]  # the audit documents what each costs
     assert "budget" in meta["cost"]  # ... and what its budget scales
@@ -45,7 +46,10 @@ def test_budget_scales_and_is_checked():
 @pytest.mark.parametrize("name", NAMES)
 def test_run_leaves_the_input_alone_and_changes_something(name, tiny_model, learned_model, tiny_tokenizer,
                                                           tiny_forget_tofu, tiny_examples):
-    data = AttackData(forget_train=tiny_forget_tofu[:4], forget_eval=tiny_forget_tofu[4:], retain=tiny_examples[1][:8],
+    forget_train, forget_eval = tiny_forget_tofu[:4], tiny_forget_tofu[4:]
+    if name == "relation_graph":  # rebuilds a graph of people: needs >= 3 of them (here 4: forget + retain people)
+        forget_train, forget_eval = tiny_examples[0] + tiny_examples[1][:16], tiny_examples[1][16:]
+    data = AttackData(forget_train=forget_train, forget_eval=forget_eval, retain=tiny_examples[1][:8],
                       max_length=128, target=learned_model)
     attack = ATTACKS.get(name)(budget=0.5)
     before = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
@@ -57,7 +61,12 @@ def test_run_leaves_the_input_alone_and_changes_something(name, tiny_model, lear
         assert out.scores and set(out.scores) == set(base)
         assert all(math.isfinite(v) for v in [*out.scores.values(), *base.values()])
         return
-    assert out.examples is None or len(out.examples) == len(data.forget_eval)
+    assert (out.examples is not None) == (attack.kind == "input")
+    if attack.kind == "input":  # the same model, the forget records rewritten (answers kept)
+        assert out.model is tiny_model and len(out.examples) == len(data.forget_eval)
+        assert [e.answer for e in out.examples] == [e.answer for e in data.forget_eval]
+    else:  # a new model
+        assert out.model is not tiny_model and out.examples is None
     prob = lambda m, exs: forget_probability(m, tiny_tokenizer, exs, data.template, 128)  # noqa: E731
     assert prob(out.model, out.examples or data.forget_eval) != prob(tiny_model, data.forget_eval), \
         f"{name} changed nothing the audit measures"

@@ -127,3 +127,15 @@ def test_ls_methods_markdown_is_one_row_per_registered_method():
     cells = [c.strip() for c in npo.strip("|").split(" | ")]
     assert cells[1:2] == ["loss"] and "arXiv:2404.05868" in cells[2]
     assert cells[3] == "log-probs (pre-computed)" and cells[4] == "yes" and "beta=0.1" in cells[6]
+
+
+def test_ls_attacks_lists_every_attack_with_its_cost():
+    from unlearnkit.registry import ATTACKS
+
+    out = subprocess.run([sys.executable, "-m", "unlearnkit.cli", "ls", "attacks", "--markdown"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| `")]
+    assert [r.split("`")[1] for r in rows] == ATTACKS.names()
+    relearn = [c.strip() for c in next(r for r in rows if r.startswith("| `relearn`")).strip("|").split(" | ")]
+    assert "budget x `steps`" in relearn[3] and "steps=20" in relearn[4]

@@ -5,15 +5,16 @@ from pathlib import Path
 
 import pytest
 
+from unlearnkit.audit import AuditConfig
 from unlearnkit.demo import DemoConfig
 from unlearnkit.config import EvalConfig, FinetuneConfig, UnlearnConfig, build_method, load_yaml
-from unlearnkit.docs import methods_markdown, metrics_markdown
+from unlearnkit.docs import attacks_markdown, methods_markdown, metrics_markdown
 from unlearnkit.protocol import TofuProtocolConfig
 from unlearnkit.update import UpdateConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = {"unlearn": UnlearnConfig, "finetune": FinetuneConfig, "eval": EvalConfig, "demo": DemoConfig, "bench": TofuProtocolConfig,
-         "update": UpdateConfig}
+         "update": UpdateConfig, "audit": AuditConfig}
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
@@ -25,10 +26,11 @@ def test_config_file_loads(path):
         assert cfg == DemoConfig(), "configs/demo.yaml must stay equal to the demo defaults"
     if isinstance(cfg, (UnlearnConfig, DemoConfig, TofuProtocolConfig)):
         build_method(cfg.method, cfg.method_args)  # hyperparameters are valid for the method
-    if isinstance(cfg, UpdateConfig):
+    if isinstance(cfg, (UpdateConfig, AuditConfig)):
         cfg.validate()
 
 
 def test_docs_are_generated_from_the_registry():
     assert (ROOT / "docs" / "methods.md").read_text() == methods_markdown(), "run: python -m unlearnkit.docs"
     assert (ROOT / "docs" / "metrics.md").read_text() == metrics_markdown(), "run: python -m unlearnkit.docs"
+    assert (ROOT / "docs" / "attacks.md").read_text() == attacks_markdown(), "run: python -m unlearnkit.docs"

@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--retain", help="other records (for attacks that use them)")
     au.add_argument("--attacks", help="comma-separated attack names, or all (see ATTACKS)")
     au.add_argument("--fail-above", type=float, help="exit with status 3 if a recovery ratio exceeds this")
+    au.add_argument("--budget", type=float, help="multiply every attack's compute (1 = the papers' settings)")
+    au.add_argument("--html", help="the HTML page (default: --out with .html)")
     e = sub.add_parser("eval", help="evaluate a model on a benchmark folder")
     _common(e)
     e.add_argument("--suite", help="evaluation suite (tofu)")
@@ -87,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--forget-split", help="e.g. forget10")
     e.add_argument("--reference", help="results.json of the retain model (forget quality, privleak)")
     ls = sub.add_parser("ls", help="list methods or metrics")
-    ls.add_argument("what", choices=["methods", "metrics"])
+    ls.add_argument("what", choices=["methods", "metrics", "attacks"])
     ls.add_argument("--markdown", action="store_true", help="print a markdown table (as in docs/methods.md)")
     r = sub.add_parser("report", help="(re)write report.html from a results.json")
     r.add_argument("results")
@@ -207,14 +209,16 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
 
 def cmd_ls(ns: argparse.Namespace) -> int:
-    from .registry import METHODS, METRICS
+    from .registry import ATTACKS, METHODS, METRICS
 
     if ns.markdown:
-        from .docs import methods_table, metrics_markdown
+        from .docs import attacks_table, methods_table, metrics_markdown
 
-        print(methods_table() if ns.what == "methods" else metrics_markdown().split("\n", 4)[-1], end="")
+        tables = {"methods": methods_table, "attacks": attacks_table,
+                  "metrics": lambda: metrics_markdown().split("\n", 4)[-1]}
+        print(tables[ns.what](), end="")
         return 0
-    reg = METHODS if ns.what == "methods" else METRICS
+    reg = {"methods": METHODS, "metrics": METRICS, "attacks": ATTACKS}[ns.what]
     for name in reg.names():
         meta = reg.meta[name]
         desc = meta.get("description") or meta.get("paper") or ""
@@ -362,16 +366,17 @@ def cmd_audit(ns: argparse.Namespace) -> int:
     cfg = _config(AuditConfig, ns.args)
     _model_flags(cfg, ns)
     for flag, key in (("reference", "reference"), ("retain_model", "retain_model"), ("forget", "forget"),
-                      ("retain", "retain"), ("fail_above", "fail_above")):
+                      ("retain", "retain"), ("fail_above", "fail_above"), ("budget", "budget"), ("html", "html")):
         if getattr(ns, flag) is not None:
             setattr(cfg, key, getattr(ns, flag))
     if ns.attacks:
         cfg.attacks = [a.strip() for a in ns.attacks.split(",") if a.strip()]
     doc = run_audit(cfg)
     for name, row in doc["attacks"].items():
-        cells = [f"{who}: forget prob {row[who]['forget_prob']:.3g}, recovery {_ratio(row[who]['recovery_ratio'])}"
+        cells = [f"{who}: recovery {_ratio(row[who]['recovery_ratio'])} ("
+                 + ", ".join(f"{m} {_ratio(v)}" for m, v in row[who]["recovery"].items()) + ")"
                  for who in ("unlearned", "retain") if who in row]
-        print(f"{name:12s} " + " | ".join(cells))
+        print(f"{name:16s} " + " | ".join(cells))
     print(f"max recovery ratio {_ratio(doc['max_recovery_ratio'])}" + (f" -> {cfg.out}" if cfg.out else ""))
     if doc["passed"] is False:
         print(f"FAILED: a recovery ratio exceeds --fail-above {cfg.fail_above}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Generate docs/methods.md and docs/metrics.md from the registries: ``python -m unlearnkit.docs``.
+"""Generate docs/methods.md, docs/metrics.md and docs/attacks.md from the registries: ``python -m unlearnkit.docs``.
 
 The docs are derived data: a test checks that the committed files match the registry.
 """
@@ -9,7 +9,7 @@ import inspect
 import sys
 from pathlib import Path
 
-from .registry import METHODS, METRICS
+from .registry import ATTACKS, METHODS, METRICS
 
 
 def _first_paragraph(obj: object) -> str:
@@ -70,10 +70,49 @@ def metrics_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _attack_kind(cls: type) -> str:
+    return "read-out" if getattr(cls, "readout", False) else cls.kind
+
+
+def attacks_table() -> str:
+    """One markdown table of every registered attack (``unlearnkit ls attacks --markdown``)."""
+    lines = ["| attack | kind | paper | compute (what `budget` scales) | settings (defaults) |", "|---|---|---|---|---|"]
+    for name in ATTACKS.names():
+        cls, meta = ATTACKS.get(name), ATTACKS.meta[name]
+        attack = cls()
+        settings = ", ".join(f"{f.name}={getattr(attack, f.name)!r}" for f in dataclasses.fields(cls))
+        cells = [f"`{name}`", _attack_kind(cls), meta.get("paper", ""), meta.get("cost", ""), settings]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def attacks_markdown() -> str:
+    lines = ["# Robustness attacks (`unlearnkit audit`)", "",
+             "Generated from the registry by `python -m unlearnkit.docs`; do not edit.", "",
+             "`unlearnkit audit --model UNLEARNED --reference TARGET [--retain-model RETAIN] --forget F [--retain R]",
+             "--attacks all|a,b --budget B --fail-above X --out audit.json` runs each attack on the unlearned model",
+             "(and on the retain model, the honest floor), scores the held-out forget records and reports the",
+             "recovery ratio (m_attacked - m_unlearned) / (m_target - m_unlearned) per metric. Settings:",
+             "`attack_args={NAME: {SETTING: VALUE}}`. `--budget` multiplies every attack's compute as the table",
+             "says (1 = the paper's setting). Read-out attacks read the knowledge from the model's internals and",
+             "compare with what the model's outputs show. Times are for the tiny test model on one CPU thread",
+             "unless stated; they grow with model size like a forward (+ backward) pass.", "",
+             attacks_table()]
+    for name in ATTACKS.names():
+        cls, meta = ATTACKS.get(name), ATTACKS.meta[name]
+        lines += [f"## `{name}`", "", _first_paragraph(cls), ""]
+        for key in ("paper", "reference", "cost"):
+            if meta.get(key):
+                lines.append(f"- **{key}**: {meta[key]}")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def write_docs(folder: str | Path = "docs") -> list[Path]:
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    files = [(out / "methods.md", methods_markdown()), (out / "metrics.md", metrics_markdown())]
+    files = [(out / "methods.md", methods_markdown()), (out / "metrics.md", metrics_markdown()),
+             (out / "attacks.md", attacks_markdown())]
     for path, text in files:
         path.write_text(text, encoding="utf-8")
     return [p for p, _ in files]

@@ -80,7 +80,7 @@ def tofu_split_files(data_dir: str | Path, forget_split: str) -> dict[str, Path]
     return {k: p for k, p in files.items() if p is not None}
 
 
-def _qa_metrics(name: str, p: SplitProbe, values: dict, per_ex: dict, *, forget: bool) -> None:
+def qa_metrics(name: str, p: SplitProbe, values: dict, per_ex: dict, *, forget: bool) -> None:
     """Probability, truth ratio and ROUGE of one split into ``values`` / ``per_ex``."""
     normalised = name in ("real_authors", "world_facts")
     if normalised and p.avg_nll_pert is not None:
@@ -248,7 +248,7 @@ def evaluate_model(
         if name == "holdout":
             values["holdout_prob"] = tofu.probability(avg_nll=p.avg_nll).value
             continue
-        _qa_metrics(name, p, values, per_ex, forget=name == "forget")
+        qa_metrics(name, p, values, per_ex, forget=name == "forget")
     f = probes["forget"]
     if f.token_match:
         values["forget_exact_mem"] = mem.exact_memorization(token_match=f.token_match).value

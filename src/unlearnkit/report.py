@@ -662,3 +662,104 @@ def print_summary(results: Mapping[str, Any], *, file: IO[str] | None = None) ->
     text = summary_table(results) + "\n"
     encoding = getattr(file, "encoding", None) or "utf-8"
     file.write(text.encode(encoding, "replace").decode(encoding))  # e.g. arrows on an ASCII pipe
+
+
+# --------------------------------------------------------------------------- audit page (issue 6)
+
+_AUDIT_SIDES = (("unlearned", "#d62728"), ("retain", "#7f7f7f"))
+
+
+def _audit_metric_names(doc: Mapping[str, Any]) -> list[str]:
+    """Every metric some attack reported a ratio for, the audit's forget metrics first."""
+    names = list(doc.get("metrics") or {})
+    for row in (doc.get("attacks") or {}).values():
+        for side, _ in _AUDIT_SIDES:
+            names += [m for m in (row.get(side) or {}).get("recovery") or {} if m not in names]
+    return names
+
+
+def plot_audit(doc: Mapping[str, Any]) -> Any | None:
+    """Grouped bars per metric: recovery ratio of each attack on the unlearned vs the retain model."""
+    attacks, metrics = doc.get("attacks") or {}, _audit_metric_names(doc)
+    metrics = [m for m in metrics if any(_num(((r.get("unlearned") or {}).get("recovery") or {}).get(m)) is not None
+                                         for r in attacks.values())]
+    if not attacks or not metrics:
+        return None
+    names = list(attacks)
+    fig = _figure(max(6.0, 0.9 * len(names) + 2.5), 2.6 * len(metrics) + 0.6)
+    for i, metric in enumerate(metrics):
+        ax, x = fig.add_subplot(len(metrics), 1, i + 1), np.arange(len(names))
+        for j, (side, colour) in enumerate(_AUDIT_SIDES):
+            values = [_num(((attacks[n].get(side) or {}).get("recovery") or {}).get(metric)) for n in names]
+            bars = ax.bar(x + (j - 0.5) * 0.4, [0.0 if v is None else v for v in values], 0.38,
+                          color=colour, label=f"{side} model")
+            ax.bar_label(bars, labels=["" if v is None else f"{v:.2f}" for v in values], fontsize=7, padding=2)
+        if fail := _num((doc.get("config") or {}).get("fail_above")):
+            ax.axhline(fail, color="black", ls="--", lw=1, label=f"--fail-above {fail:g}")
+        ax.axhline(0, color="black", lw=0.5)
+        ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("recovery ratio")
+        ax.set_title(metric, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def _audit_table(doc: Mapping[str, Any]) -> str:
+    """Rows = attacks: kind, cost, per metric the unlearned model's value and ratio, the retain model's ratio."""
+    metrics = _audit_metric_names(doc)
+    head = "".join(f"<th>{_esc(m)}<br>unlearned · ratio · retain ratio</th>" for m in metrics)
+    body = []
+    for name, row in (doc.get("attacks") or {}).items():
+        unl, ret = row.get("unlearned") or {}, row.get("retain") or {}
+        cells = [f"<td>{_esc(_fmt((unl.get('metrics') or {}).get(m)))} · "
+                 f"<b>{_esc(_fmt((unl.get('recovery') or {}).get(m)))}</b> · "
+                 f"{_esc(_fmt((ret.get('recovery') or {}).get(m)) if ret else _NA)}</td>" for m in metrics]
+        body.append(f"<tr><th title=\"{_esc(row.get('cost'))}\">{_esc(name)}</th><td>{_esc(row.get('kind'))}</td>"
+                    f"<td>{_esc(_fmt_seconds(unl.get('seconds')))}</td>{''.join(cells)}</tr>")
+    return (f'<table class="metrics"><thead><tr><th>attack</th><th>kind</th><th>time</th>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table>")
+
+
+def _audit_models_table(doc: Mapping[str, Any]) -> str:
+    models = doc.get("models") or {}
+    metrics = list(doc.get("metrics") or {})
+    rows = "".join(f"<tr><th>{_esc(who)}</th>" + "".join(
+        f"<td>{_esc(_fmt((m.get('metrics') or {}).get(k)))}</td>" for k in metrics) + "</tr>"
+        for who, m in models.items())
+    head = "".join(f'<th title="{_esc((doc.get("metrics") or {}).get(k))}">{_esc(k)}</th>' for k in metrics)
+    return f'<table class="metrics"><thead><tr><th>model</th>{head}</tr></thead><tbody>{rows}</tbody></table>'
+
+
+def render_audit_html(doc: Mapping[str, Any]) -> str:
+    """The audit (``audit.json``) as one self-contained HTML page."""
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("attacks"), Mapping):
+        raise UnlearnkitError("an audit document must have an 'attacks' object (unlearnkit audit --out)")
+    worst, passed = doc.get("max_recovery_ratio"), doc.get("passed")
+    verdict = {True: "PASSED", False: "FAILED", None: "no gate (--fail-above not set)"}[passed]
+    split = doc.get("split") or {}
+    costs = "".join(f"<li><b>{_esc(n)}</b>: {_esc(r.get('cost'))}</li>" for n, r in doc["attacks"].items())
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<title>unlearnkit audit</title>", f"<style>{_CSS}</style></head><body>",
+        "<h1>unlearnkit robustness audit</h1>",
+        f"<p>Largest recovery ratio on the unlearned model: <b>{_esc(_fmt(worst))}</b> — {_esc(verdict)}. "
+        f"Recovery = (m_attacked − m_unlearned) / (m_target − m_unlearned): 0 = nothing came back, 1 = the "
+        f"target model's value. The retain model (never saw the forget set) is the honest floor. Attackers "
+        f"trained on {_esc(split.get('attack_train'))} forget records; recovery is measured on the other "
+        f"{_esc(split.get('eval'))}.</p>",
+        "<h2>Models before any attack</h2>", _audit_models_table(doc),
+        "<h2>Recovery per attack</h2>", _html_plot(doc, "recovery per attack", plot_audit,
+                                                   "Recovery ratio per attack and metric: unlearned model (red) "
+                                                   "vs retain model (grey)."),
+        _audit_table(doc), "<h2>What each attack costs</h2>", f"<ul>{costs}</ul>",
+        "<h2>Details</h2>", f"<details><summary>audit.json</summary><pre>"
+        f"{_esc(json.dumps(to_jsonable(doc), indent=2, ensure_ascii=False))}</pre></details>",
+        "</body></html>", "",
+    ])
+
+
+def write_audit_html(doc: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``render_audit_html(doc)`` to ``path`` atomically; returns the path."""
+    return _write_text_atomic(path, render_audit_html(doc))

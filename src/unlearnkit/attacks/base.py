@@ -78,14 +78,24 @@ class Attacked:
 class Attack:
     """Base of attacks: subclasses are ``@dataclass(kw_only=True)`` and implement :meth:`run`."""
 
+    kind: ClassVar[str] = "model"  # "model" | "input" | "read-out" (documentation: docs/attacks.md)
     readout: ClassVar[bool] = False  # True: run() returns Attacked.scores, baseline() gives their zero point
     budget: float = 1.0  # multiplies the attack's compute (see its registry `cost`); 1.0 = the paper's setting
 
-    def scaled(self, n: int) -> int:
-        """``n`` (a step / epoch / candidate count) times ``budget``, rounded, at least 1."""
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.readout:
+            cls.kind = "read-out"
+
+    def check_budget(self) -> None:
+        """ConfigError unless ``budget`` is a number > 0."""
         if not isinstance(self.budget, (int, float)) or isinstance(self.budget, bool) or not self.budget > 0:
             raise ConfigError(f"budget={self.budget!r} must be a number > 0 (1.0 = the paper's compute; "
                               "0.5 halves it, 2 doubles it)")
+
+    def scaled(self, n: int) -> int:
+        """``n`` (a step / epoch / candidate count) times ``budget``, rounded, at least 1."""
+        self.check_budget()
         return max(1, round(n * self.budget))
 
     def run(self, model: Any, tokenizer: Any, data: AttackData) -> Attacked:
