@@ -18,6 +18,8 @@ Fixtures (reuse them in any test file):
   outside the forget and retain sets (KGA's non-member set D_n).
 - ``learned_model``  session: the tiny model finetuned 40 steps (lr 1e-2) on the forget set, so a
   method has something to unlearn; deep-copy it before training.
+- ``unlearned``      session: ``learned_model`` after gradient ascent on the forget set (lr 3e-3 x 10
+  steps): the robustness attacks' "unlearned" model (attacks never modify it; don't train it in place).
 - ``table_lm``       the ``TableLM`` class: a stand-in LM with hand-chosen logits for exact maths.
 """
 from __future__ import annotations
@@ -113,6 +115,17 @@ def learned_model(tiny_model_dir, tiny_tokenizer, tiny_examples):
     data = build_paired(None, tiny_examples[0], [], tiny_tokenizer, max_length=128)
     run(model, Finetune(), data, TrainConfig(max_steps=40, batch_size=8, lr=1e-2, weight_decay=0.0, progress=False,
                                              threads=1))
+    return model
+
+
+@pytest.fixture(scope="session")
+def unlearned(learned_model, tiny_tokenizer, tiny_examples):
+    from unlearnkit.methods.grad_ascent import GradAscent
+    from unlearnkit.train import TrainConfig, run
+
+    model = copy.deepcopy(learned_model)
+    run(model, GradAscent(), build_paired(None, tiny_examples[0], [], tiny_tokenizer, max_length=128),
+        TrainConfig(max_steps=10, batch_size=8, lr=3e-3, weight_decay=0.0, progress=False, threads=1))
     return model
 
 

@@ -20,13 +20,10 @@ from unlearnkit.attacks.ablation import (
 from unlearnkit.attacks.base import AttackData
 from unlearnkit.audit import forget_probability
 from unlearnkit.data.format import PromptTemplate
-from unlearnkit.data.pair import build_paired
 from unlearnkit.errors import ConfigError, DataError
-from unlearnkit.methods.grad_ascent import GradAscent
 from unlearnkit.metrics.recovery import recovery_ratio
 from unlearnkit.models import decoder_layers
 from unlearnkit.registry import ATTACKS
-from unlearnkit.train import TrainConfig, run
 
 
 # ------------------------------------------------------------------------------ maths by hand
@@ -106,14 +103,6 @@ def test_weight_orthogonalization_is_exact_and_equals_ablation_everywhere(tiny_m
 
 
 # ------------------------------------------------------------------------------- behaviour
-@pytest.fixture(scope="module")
-def unlearned(learned_model, tiny_tokenizer, tiny_examples):
-    model = copy.deepcopy(learned_model)
-    run(model, GradAscent(), build_paired(None, tiny_examples[0], [], tiny_tokenizer, max_length=128),
-        TrainConfig(max_steps=10, batch_size=8, lr=3e-3, weight_decay=0.0, progress=False, threads=1))
-    return model
-
-
 def test_ablation_recovers_held_out_forget_knowledge(unlearned, learned_model, tiny_model, tiny_tokenizer,
                                                      tiny_forget_tofu, tiny_examples):
     data = AttackData(forget_train=tiny_forget_tofu[:4], forget_eval=tiny_forget_tofu[4:],

@@ -79,14 +79,6 @@ def test_in_context_errors():
 # ~0.00; also ~0 with 1 shot and after a milder ascent). The context itself is understood: the target
 # still gives the held-out answers most of their probability with the shots in front (0.266 ->
 # 0.176), so the prompt format is sound; the model is too small for in-context (re)learning.
-GA = TrainConfig(max_steps=10, batch_size=8, lr=3e-3, weight_decay=0.0, progress=False, threads=1)
-
-
-@pytest.fixture(scope="module")
-def unlearned(learned_model, tiny_tokenizer, tiny_examples):
-    model = copy.deepcopy(learned_model)
-    run(model, GradAscent(), build_paired(None, tiny_examples[0], [], tiny_tokenizer, max_length=128), GA)
-    return model
 
 
 def test_in_context_on_the_tiny_model(unlearned, learned_model, tiny_model, tiny_tokenizer, tiny_forget_tofu):
@@ -103,3 +95,53 @@ def test_in_context_on_the_tiny_model(unlearned, learned_model, tiny_model, tiny
     assert target > 10 * before
     assert target_ctx > 0.5 * target and target_ctx > 20 * never_ctx  # the shots do not break the format
     assert abs(ratio) < 0.1  # honest result: no in-context recovery on the tiny model
+
+
+# A setting where the in-context attack DOES recover: the target learned the facts both as single
+# questions and inside multi-fact contexts (3 other facts of the person before the question, in the
+# attack's format, as in a biography-style corpus), and the unlearning is mild (10 gradient-ascent
+# steps at lr 5e-4 on the single questions only). Measured (printed with -s): target 0.444 on the
+# held-out records (0.429 with the shots), unlearned 0.338 -> 0.385 with 4 forget_train facts in
+# context, recovery ratio ~0.44. Control: 4 *retain* facts (other people) in the same format LOWER it
+# (0.224), so the lift comes from the forget facts in context, not from the longer prompt. With the
+# standard target (single questions only, above) no setting tried recovers anything.
+ML = 256
+
+
+@pytest.fixture(scope="module")
+def context_models(tiny_model_dir, tiny_tokenizer, tiny_examples, tiny_forget_tofu):
+    """(target finetuned on the forget QAs and on them in context of other forget facts, its mild GA copy)."""
+    from unlearnkit.models import load_model
+    from unlearnkit.train import Finetune
+
+    forget = tiny_examples[0]
+    everything = AttackData(forget_train=tiny_forget_tofu, forget_eval=tiny_forget_tofu, max_length=ML)
+    in_context = [ex for s in (1, 2, 3) for ex in InContext(seed=s, n_shots=3).run(None, tiny_tokenizer, everything).examples]
+    target = load_model(tiny_model_dir)
+    cfg = dict(weight_decay=0.0, progress=False, threads=1)
+    run(target, Finetune(), build_paired(None, forget + in_context, [], tiny_tokenizer, max_length=ML),
+        TrainConfig(max_steps=60, batch_size=16, lr=1e-2, **cfg))
+    unlearned = copy.deepcopy(target)  # unlearning sees the single questions only
+    run(unlearned, GradAscent(), build_paired(None, forget, [], tiny_tokenizer, max_length=128),
+        TrainConfig(max_steps=10, batch_size=8, lr=5e-4, **cfg))
+    return target, unlearned
+
+
+def test_in_context_recovers_when_the_target_learned_facts_in_context(context_models, tiny_tokenizer, tiny_examples,
+                                                                       tiny_forget_tofu):
+    target, unlearned = context_models
+    train, held = split_forget(tiny_forget_tofu, fraction=0.5, seed=0)
+    prob = lambda m, exs: forget_probability(m, tiny_tokenizer, exs, PromptTemplate(), ML)  # noqa: E731
+    out = InContext().run(unlearned, tiny_tokenizer, AttackData(forget_train=train, forget_eval=held, max_length=ML))
+    assert out.model is unlearned and out.info["shots_per_record"] == [4] * 4
+    t, before, attacked = prob(target, held), prob(unlearned, held), prob(unlearned, out.examples)
+    ratio = recovery_ratio(attacked=attacked, unlearned=before, target=t).value
+    # control: 4 facts about OTHER people (retain records) in the same format
+    other = InContext(n_shots=4).run(unlearned, tiny_tokenizer,
+                                     AttackData(forget_train=tiny_examples[1], forget_eval=held, max_length=ML))
+    with_other = prob(unlearned, other.examples)
+    print(f"target {t:.4f} unlearned {before:.4f} attacked {attacked:.4f} ratio {ratio:.3f} | target with the "
+          f"shots {prob(target, out.examples):.4f}; unlearned with 4 retain facts in context {with_other:.4f}")
+    assert t - before > 0.05  # unlearning removed something
+    assert attacked > 1.08 * before and ratio > 0.2  # the forget facts in context bring part of it back ...
+    assert with_other < before  # ... and it is their content, not the format: other people's facts lower it

@@ -18,11 +18,9 @@ from unlearnkit.data.pair import build_paired
 from unlearnkit.errors import ConfigError, DataError
 from unlearnkit.generation import greedy_generate
 from unlearnkit.logprobs import batch_nll, forward
-from unlearnkit.methods.grad_ascent import GradAscent
 from unlearnkit.methods.lau import latent_hook
 from unlearnkit.metrics.recovery import recovery_ratio
 from unlearnkit.models import decoder_layers
-from unlearnkit.train import TrainConfig, run
 
 
 def _hooks(model: torch.nn.Module) -> int:
@@ -141,14 +139,6 @@ def test_greedy_generation_of_the_copy_sees_the_delta_at_every_new_token(tiny_mo
 # typical latent) 11 % (0.047; 0.106-0.116 over random-start seeds), while on the never-trained
 # model the same attack moves the held-out probability by ~1e-4 (0.0025 -> 0.0026): one shared
 # vector cannot write four different answers, it can only bring back hidden ones.
-GA = TrainConfig(lr=3e-3, max_steps=10, batch_size=8, weight_decay=0.0, progress=False, threads=1)
-
-
-@pytest.fixture(scope="module")
-def unlearned(learned_model, tiny_tokenizer, tiny_examples):
-    model = copy.deepcopy(learned_model)
-    run(model, GradAscent(), build_paired(None, tiny_examples[0], [], tiny_tokenizer, max_length=128), GA)
-    return model
 
 
 def test_latent_vector_fitted_on_half_the_forget_set_recovers_the_other_half(unlearned, learned_model, tiny_model,

@@ -88,14 +88,6 @@ def test_multiple_choice_errors(tiny_tokenizer):
 # true option replaced by a false one the lift is almost the same (0.0183), so on this model it is a
 # format effect (GA suppressed the answer after the plain prompt only), not the true option being
 # recognised or copied.
-GA = TrainConfig(max_steps=10, batch_size=8, lr=3e-3, weight_decay=0.0, progress=False, threads=1)
-
-
-@pytest.fixture(scope="module")
-def unlearned(learned_model, tiny_tokenizer, tiny_examples):
-    model = copy.deepcopy(learned_model)
-    run(model, GradAscent(), build_paired(None, tiny_examples[0], [], tiny_tokenizer, max_length=128), GA)
-    return model
 
 
 def test_multiple_choice_on_the_tiny_model(unlearned, learned_model, tiny_tokenizer, tiny_forget_tofu):
@@ -113,3 +105,50 @@ def test_multiple_choice_on_the_tiny_model(unlearned, learned_model, tiny_tokeni
     assert target > 10 * before
     assert attacked > 1.2 * before and 0 < ratio < 0.2  # the format lifts the unlearned model a little ...
     assert no_true - before > 0.5 * (attacked - before)  # ... and most of the lift is the format itself
+
+
+# A setting where the multiple-choice format DOES recover: the target learned the facts both as free
+# questions and as multiple-choice questions (two other option orders, as a model that also saw
+# exam-style questions), and the unlearning is mild (10 gradient-ascent steps at lr 5e-4 on the free
+# questions only, as TOFU-style methods train). Measured (printed with -s): target 0.518 (0.510 under
+# the MC format), unlearned 0.209 -> 0.351 as MC, recovery ratio ~0.46. Control as above (the true
+# option replaced by a false one): 0.312, so most of the lift is format transfer (the forgetting did
+# not reach the MC format) and a smaller part the true option itself.
+MC_ML = 256
+
+
+@pytest.fixture(scope="module")
+def mc_models(tiny_model_dir, tiny_tokenizer, tiny_examples, tiny_forget_tofu):
+    """(target finetuned on the forget QAs and on them as MC questions, its mild GA copy)."""
+    from unlearnkit.models import load_model
+    from unlearnkit.train import Finetune
+
+    forget = tiny_examples[0]
+    data = AttackData(forget_train=[], forget_eval=tiny_forget_tofu, max_length=MC_ML)
+    as_mc = [ex for s in (1, 2) for ex in MultipleChoice(seed=s).run(None, tiny_tokenizer, data).examples]
+    target = load_model(tiny_model_dir)
+    cfg = dict(weight_decay=0.0, progress=False, threads=1)
+    run(target, Finetune(), build_paired(None, forget + as_mc, [], tiny_tokenizer, max_length=MC_ML),
+        TrainConfig(max_steps=60, batch_size=16, lr=1e-2, **cfg))
+    unlearned = copy.deepcopy(target)  # unlearning sees the free questions only
+    run(unlearned, GradAscent(), build_paired(None, forget, [], tiny_tokenizer, max_length=128),
+        TrainConfig(max_steps=10, batch_size=8, lr=5e-4, **cfg))
+    return target, unlearned
+
+
+def test_multiple_choice_recovers_when_the_target_learned_the_format(mc_models, tiny_tokenizer, tiny_forget_tofu):
+    target, unlearned = mc_models
+    data = AttackData(forget_train=[], forget_eval=tiny_forget_tofu, max_length=MC_ML)
+    prob = lambda m, exs: forget_probability(m, tiny_tokenizer, exs, PromptTemplate(), MC_ML)  # noqa: E731
+    out = MultipleChoice().run(unlearned, tiny_tokenizer, data)  # seed 0: option orders the target never saw
+    assert out.model is unlearned and out.info["n_options"] == [4] * 8
+    t, before, attacked = prob(target, tiny_forget_tofu), prob(unlearned, tiny_forget_tofu), prob(unlearned, out.examples)
+    ratio = recovery_ratio(attacked=attacked, unlearned=before, target=t).value
+    fake = [dataclasses.replace(e, paraphrased_answer=e.perturbed_answers[0], perturbed_answers=e.perturbed_answers[1:])
+            for e in tiny_forget_tofu]
+    no_true = prob(unlearned, MultipleChoice().run(unlearned, tiny_tokenizer, dataclasses.replace(data, forget_eval=fake)).examples)
+    print(f"target {t:.4f} unlearned {before:.4f} attacked {attacked:.4f} ratio {ratio:.3f} | target under the MC "
+          f"format {prob(target, out.examples):.4f}; unlearned, options without the true answer {no_true:.4f}")
+    assert t - before > 0.1  # unlearning removed something
+    assert attacked > 1.3 * before and ratio > 0.25  # the MC format brings a good part of it back ...
+    assert before < no_true < attacked  # ... mostly by the format, and the true option adds to it

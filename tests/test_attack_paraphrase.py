@@ -61,14 +61,6 @@ def test_paraphrase_errors():
 # transfers across wording. Gradient ascent on the original wording removes it under the
 # paraphrases too (unlearned 0.0134 -> 0.0145 when paraphrased, recovery ratio ~0.004): on this tiny
 # model paraphrasing does NOT bring the knowledge back. The test asserts exactly that.
-GA = TrainConfig(max_steps=10, batch_size=8, lr=3e-3, weight_decay=0.0, progress=False, threads=1)
-
-
-@pytest.fixture(scope="module")
-def unlearned(learned_model, tiny_tokenizer, tiny_examples):
-    model = copy.deepcopy(learned_model)
-    run(model, GradAscent(), build_paired(None, tiny_examples[0], [], tiny_tokenizer, max_length=128), GA)
-    return model
 
 
 def test_paraphrase_on_the_tiny_model(unlearned, learned_model, tiny_model, tiny_tokenizer, tiny_forget_tofu):
@@ -85,3 +77,45 @@ def test_paraphrase_on_the_tiny_model(unlearned, learned_model, tiny_model, tiny
     assert target_para > 0.6 * target and target_para > 20 * never_para
     # ... and so does gradient ascent's forgetting: paraphrasing recovers (almost) nothing here
     assert abs(ratio) < 0.1 and attacked < 0.2 * target_para
+
+
+# A setting where paraphrasing DOES recover: the target learned each fact under BOTH wordings (as a
+# model that saw a fact phrased several ways; TOFU-style unlearning still trains on the forget
+# questions as written), and the unlearning is mild (5 gradient-ascent steps at lr 1e-3, a
+# utility-preserving budget). Measured (printed with -s): target 0.700 (0.703 on the paraphrases),
+# unlearned 0.493 -> 0.555 when paraphrased, recovery ratio ~0.30; on the target itself paraphrasing
+# changes nothing (ratio of the two ~1.005), so the lift is the forgetting not reaching the second
+# wording. With the standard target (original wording only, above) the same mild ascent gives a
+# negative ratio (~-0.3): the paraphrases there are a weaker access path to begin with.
+@pytest.fixture(scope="module")
+def two_wordings(tiny_model_dir, tiny_tokenizer, tiny_examples, tiny_forget_tofu):
+    """(target finetuned on the forget facts under the original AND the paraphrased questions, its mild GA copy)."""
+    from unlearnkit.models import load_model
+    from unlearnkit.train import Finetune
+
+    forget = tiny_examples[0]
+    both = forget + [Example(e.paraphrased_question, e.answer) for e in tiny_forget_tofu]
+    target = load_model(tiny_model_dir)
+    cfg = dict(weight_decay=0.0, progress=False, threads=1)
+    run(target, Finetune(), build_paired(None, both, [], tiny_tokenizer, max_length=128),
+        TrainConfig(max_steps=60, batch_size=16, lr=1e-2, **cfg))
+    unlearned = copy.deepcopy(target)  # unlearning sees the original wording only
+    run(unlearned, GradAscent(), build_paired(None, forget, [], tiny_tokenizer, max_length=128),
+        TrainConfig(max_steps=5, batch_size=8, lr=1e-3, **cfg))
+    return target, unlearned
+
+
+def test_paraphrase_recovers_when_the_target_learned_both_wordings(two_wordings, tiny_tokenizer, tiny_forget_tofu):
+    target, unlearned = two_wordings
+    data = AttackData(forget_train=[], forget_eval=tiny_forget_tofu, max_length=128)
+    prob = lambda m, exs: forget_probability(m, tiny_tokenizer, exs, PromptTemplate(), 128)  # noqa: E731
+    out = Paraphrase().run(unlearned, tiny_tokenizer, data)
+    assert out.model is unlearned
+    t, before, attacked = prob(target, tiny_forget_tofu), prob(unlearned, tiny_forget_tofu), prob(unlearned, out.examples)
+    t_para = prob(target, out.examples)  # control: the same rewording applied to the target
+    ratio = recovery_ratio(attacked=attacked, unlearned=before, target=t).value
+    print(f"target {t:.4f} unlearned {before:.4f} attacked {attacked:.4f} ratio {ratio:.3f} | target on the "
+          f"paraphrases {t_para:.4f} (x{t_para / t:.3f}); unlearned lifted x{attacked / before:.3f}")
+    assert t - before > 0.1  # unlearning removed something under the original wording
+    assert 0.9 < t_para / t < 1.1  # the rewording alone does not raise the answer probability ...
+    assert attacked > 1.05 * before and ratio > 0.15  # ... but it brings part of the forgotten answers back

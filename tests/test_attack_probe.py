@@ -1,7 +1,6 @@
 """Probing read-out attack: logit lens and linear probes read the forgotten answer from hidden states."""
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
@@ -24,12 +23,9 @@ from unlearnkit.attacks.probe import (
     read_out,
 )
 from unlearnkit.data.format import collate, encode
-from unlearnkit.data.pair import build_paired
 from unlearnkit.data.records import Example
 from unlearnkit.errors import ConfigError, DataError, ModelError
-from unlearnkit.methods.grad_ascent import GradAscent
 from unlearnkit.metrics.recovery import recovery_ratio
-from unlearnkit.train import TrainConfig, run
 
 
 # ------------------------------------------------------------------------------- hand-checked maths
@@ -107,14 +103,6 @@ def test_logit_lens_is_norm_then_head_and_the_last_layer_is_the_output(tiny_mode
 
 
 # ------------------------------------------------------------------------------- behaviour
-@pytest.fixture(scope="module")
-def unlearned(learned_model, tiny_tokenizer, tiny_examples):
-    model = copy.deepcopy(learned_model)
-    run(model, GradAscent(), build_paired(None, tiny_examples[0], [], tiny_tokenizer, max_length=128),
-        TrainConfig(max_steps=10, batch_size=8, lr=3e-3, weight_decay=0.0, progress=False, threads=1))
-    return model
-
-
 def test_logit_lens_reads_what_gradient_ascent_hid(learned_model, unlearned, tiny_model, tiny_tokenizer,
                                                   tiny_forget_tofu):
     data = AttackData(forget_train=tiny_forget_tofu[:4], forget_eval=tiny_forget_tofu[4:], max_length=128)

@@ -199,3 +199,80 @@ def test_relation_graph_errors(tiny_forget_tofu, tmp_path):
     with pytest.raises(ConfigError, match="k=3"):
         RelationGraph(edges=str(path), k=3).run(None, None, unlinked)
     assert RelationGraph(edges=str(path)).baseline(None, None, unlinked) == pytest.approx(chance_scores(3, 1, 1))
+
+
+# ----------------------------------------------------------------------------- a setting that does recover
+# Where the read-out DOES find the graph, and gradient ascent does not remove it: the people are the
+# *answers* ("Who works as a locksmith?" -> "Kaelen Nordane works as a locksmith."), 12 people in 4
+# groups of 3 sharing 5 facts, so each shared question has three right answers, and a tokenizer built
+# on these records (2 tokens per name, as names are in a real vocabulary; with the 400-token test
+# tokenizer a name is ~11 character-level pieces shared by all names and nothing is readable). The
+# model's input and output embeddings are tied, so predicting a name after the shared questions pulls
+# the embeddings of a group's names together; the read-out is at layer 0 (the embedding layer).
+# Measured (printed with -s; 1-layer tiny Llama, 300 steps): answer probability target 0.923 ->
+# unlearned 0.0018 (30 GA steps at lr 3e-3; never-trained 0.0016), but graph AUC target 0.935 /
+# unlearned 0.946 / never-trained 0.688 (chance 0.5), F1 0.833 / 0.833 / 0.417 (chance 0.182):
+# recovery ratio ~1.0. A 3-layer model needs ~600 steps for the same (AUC 0.93, F1 0.75); the middle
+# layer does not carry the graph in either (AUC ~0.5-0.7, like the never-trained model). People seed 7
+# gives a clean graph (4 triangles); with seeds 3 / 11 groups also share single facts by chance (21 / 30
+# shared-answer edges) and the read-out is weaker (AUC 0.63), on the 4 group triangles AUC target
+# 0.85 / 0.71, unlearned 0.85 / 0.72, never-trained 0.50 / 0.40: unlearned ~ target holds throughout.
+@pytest.fixture(scope="module")
+def who_records() -> list[Example]:
+    people = generate_people(12, seed=7)
+    grouped = [dataclasses.replace(p, **{a: getattr(people[i - i % 3], a) for a in SHARED})
+               for i, p in enumerate(people)]
+
+    def who(answer: str, name: str) -> str:  # "Kaelen Nordane works as a locksmith." -> "Who works as a locksmith?"
+        q = answer.replace(name, "Who").rstrip(".") + "?"
+        return q.replace("The father of Who", "Whose father").replace("The mother of Who", "Whose mother")
+
+    return [Example(who(r["answer"], p.name), r["answer"], extras={"entity": p.name})
+            for i, p in enumerate(grouped) for r in person_qa(p, 8, rng=random.Random(i))]
+
+
+@pytest.fixture(scope="module")
+def who_models(tmp_path_factory, who_records):
+    """(tokenizer, never trained, target, unlearned) on a 1-layer tiny Llama whose tokenizer knows the names."""
+    from unlearnkit.models import TinyModelSpec, build_tiny_model, load_tokenizer
+
+    spec = TinyModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                         vocab_size=600)
+    path = build_tiny_model([t for ex in who_records for t in (f"Question: {ex.question}\nAnswer:\n", ex.answer)],
+                            tmp_path_factory.mktemp("who") / "model", spec)
+    tok = load_tokenizer(path)
+    never, target = load_model(path), load_model(path)
+    cfg = dict(weight_decay=0.0, progress=False, threads=1)
+    data = build_paired(None, who_records, [], tok, max_length=128)
+    run(target, Finetune(), data, TrainConfig(max_steps=300, batch_size=16, lr=1e-2, scheduler="constant", **cfg))
+    unlearned = copy.deepcopy(target)
+    run(unlearned, GradAscent(), data, TrainConfig(max_steps=30, batch_size=8, lr=3e-3, **cfg))
+    for m in (never, target, unlearned):
+        m.eval()
+    return tok, never, target, unlearned
+
+
+def test_relation_graph_survives_gradient_ascent_when_names_are_answers(who_models, who_records):
+    from unlearnkit.audit import forget_probability
+    from unlearnkit.data.format import PromptTemplate
+
+    tok, never, target, unlearned = who_models
+    assert all(len(tok(ex.extras["entity"], add_special_tokens=False).input_ids) == 2 for ex in who_records)
+    prob = {n: forget_probability(m, tok, who_records, PromptTemplate(), 128)
+            for n, m in (("target", target), ("unlearned", unlearned), ("never", never))}
+    data = AttackData(forget_train=who_records, forget_eval=[], max_length=128)
+    attack = RelationGraph(layer=0)
+    chance = attack.baseline(target, tok, data)
+    assert chance == pytest.approx({"graph_f1": 2 / 11, "graph_auc": 0.5})  # N 12, m 12 (4 triangles), k 2
+    scores = {n: attack.run(m, tok, data).scores for n, m in (("target", target), ("unlearned", unlearned),
+                                                               ("never", never))}
+    ratio = {key: recovery_ratio(attacked=scores["unlearned"][key], unlearned=chance[key],
+                                 target=scores["target"][key]).value for key in chance}
+    print(f"answer prob {prob} | " + " | ".join(
+        f"{key}: chance {chance[key]:.3f} target {scores['target'][key]:.3f} unlearned {scores['unlearned'][key]:.3f} "
+        f"never-trained {scores['never'][key]:.3f} recovery {ratio[key]:.2f}" for key in chance))
+    assert prob["unlearned"] < 0.01 < 0.5 < prob["target"]  # the answers are gone ...
+    assert scores["target"]["graph_auc"] > 0.85 and scores["target"]["graph_f1"] > 0.6  # the target encodes the graph
+    assert scores["unlearned"]["graph_auc"] > 0.85 and ratio["graph_f1"] > 0.8  # ... but its structure is still there
+    for key in chance:  # and it is learned structure: the never-trained model reads much less
+        assert scores["unlearned"][key] - scores["never"][key] > 0.15

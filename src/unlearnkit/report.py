@@ -678,31 +678,47 @@ def _audit_metric_names(doc: Mapping[str, Any]) -> list[str]:
     return names
 
 
+def _audit_bars(ax: Any, doc: Mapping[str, Any], names: list[str]) -> None:
+    """Each attack's largest recovery ratio over its metrics: unlearned model vs retain model."""
+    attacks, x = doc["attacks"], np.arange(len(names))
+    for j, (side, colour) in enumerate(_AUDIT_SIDES):
+        values = [_num((attacks[n].get(side) or {}).get("recovery_ratio")) for n in names]
+        bars = ax.bar(x + (j - 0.5) * 0.4, [0.0 if v is None else v for v in values], 0.38, color=colour,
+                      label=f"{side} model")
+        ax.bar_label(bars, labels=["n/a" if v is None else f"{v:.2f}" for v in values], fontsize=7, padding=2)
+    if fail := _num((doc.get("config") or {}).get("fail_above")):
+        ax.axhline(fail, color="black", ls="--", lw=1, label=f"--fail-above {fail:g}")
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("recovery ratio (largest metric)")
+    ax.set_title("How much forgotten knowledge each attack brings back", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
+def _audit_heatmap(fig: Any, ax: Any, doc: Mapping[str, Any], names: list[str], metrics: list[str]) -> None:
+    """Attacks x metrics: the unlearned model's recovery ratio per metric (blank = not measured)."""
+    grid = np.array([[_num(((doc["attacks"][n].get("unlearned") or {}).get("recovery") or {}).get(m)) or np.nan
+                      for m in metrics] for n in names], dtype=float)  # (attacks, metrics)
+    image = ax.imshow(grid.T, cmap="Reds", vmin=0.0, vmax=max(1.0, float(np.nanmax(grid, initial=0.0))), aspect="auto")
+    for (i, j), v in np.ndenumerate(grid):
+        if np.isfinite(v):
+            ax.text(i, j, f"{v:.2f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(np.arange(len(names)), names, rotation=20, ha="right", fontsize=8)
+    ax.set_yticks(np.arange(len(metrics)), metrics, fontsize=8)
+    ax.set_title("Unlearned model: recovery ratio per metric", fontsize=10)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+
+
 def plot_audit(doc: Mapping[str, Any]) -> Any | None:
-    """Grouped bars per metric: recovery ratio of each attack on the unlearned vs the retain model."""
-    attacks, metrics = doc.get("attacks") or {}, _audit_metric_names(doc)
-    metrics = [m for m in metrics if any(_num(((r.get("unlearned") or {}).get("recovery") or {}).get(m)) is not None
-                                         for r in attacks.values())]
-    if not attacks or not metrics:
+    """The audit's picture: per-attack recovery (unlearned vs retain model) and per-metric detail."""
+    names, metrics = list(doc.get("attacks") or {}), _audit_metric_names(doc)
+    if not names or not metrics:
         return None
-    names = list(attacks)
-    fig = _figure(max(6.0, 0.9 * len(names) + 2.5), 2.6 * len(metrics) + 0.6)
-    for i, metric in enumerate(metrics):
-        ax, x = fig.add_subplot(len(metrics), 1, i + 1), np.arange(len(names))
-        for j, (side, colour) in enumerate(_AUDIT_SIDES):
-            values = [_num(((attacks[n].get(side) or {}).get("recovery") or {}).get(metric)) for n in names]
-            bars = ax.bar(x + (j - 0.5) * 0.4, [0.0 if v is None else v for v in values], 0.38,
-                          color=colour, label=f"{side} model")
-            ax.bar_label(bars, labels=["" if v is None else f"{v:.2f}" for v in values], fontsize=7, padding=2)
-        if fail := _num((doc.get("config") or {}).get("fail_above")):
-            ax.axhline(fail, color="black", ls="--", lw=1, label=f"--fail-above {fail:g}")
-        ax.axhline(0, color="black", lw=0.5)
-        ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
-        ax.set_ylabel("recovery ratio")
-        ax.set_title(metric, fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-        if i == 0:
-            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig = _figure(max(6.5, 0.8 * len(names) + 3.0), 3.4 + 0.35 * len(metrics) + 1.2)
+    top, bottom = fig.subplots(2, 1, height_ratios=[3.4, 0.35 * len(metrics) + 1.2])
+    _audit_bars(top, doc, names)
+    _audit_heatmap(fig, bottom, doc, names, metrics)
     return fig
 
 
@@ -751,8 +767,8 @@ def render_audit_html(doc: Mapping[str, Any]) -> str:
         f"{_esc(split.get('eval'))}.</p>",
         "<h2>Models before any attack</h2>", _audit_models_table(doc),
         "<h2>Recovery per attack</h2>", _html_plot(doc, "recovery per attack", plot_audit,
-                                                   "Recovery ratio per attack and metric: unlearned model (red) "
-                                                   "vs retain model (grey)."),
+                                                   "Top: each attack's largest recovery ratio, unlearned model (red) "
+                                                   "vs retain model (grey, the honest floor). Bottom: per metric."),
         _audit_table(doc), "<h2>What each attack costs</h2>", f"<ul>{costs}</ul>",
         "<h2>Details</h2>", f"<details><summary>audit.json</summary><pre>"
         f"{_esc(json.dumps(to_jsonable(doc), indent=2, ensure_ascii=False))}</pre></details>",

@@ -50,7 +50,8 @@ from ..data.pair import build_paired
 from ..errors import ConfigError, DataError
 from ..logprobs import IGNORE, forward, token_logp
 from ..methods.base import check_choice, check_positive
-from ..methods.lau import EPSILON_MODES, _step_size, auto_layer, latent_hook, pgd_step, project_l2, random_delta
+from ..methods.lau import (EPSILON_MODES, auto_layer, latent_hook, map_hidden_states, pgd_step, project_l2,
+                           pgd_step_size, random_delta)
 from ..models import decoder_layers
 from ..registry import ATTACKS
 from .base import Attack, AttackData, Attacked
@@ -85,7 +86,7 @@ def universal_pgd(loss_grad: Callable[[Tensor], tuple[float, Tensor]], dim: int,
         if loss < best_loss:
             best, best_loss = delta, loss
         if i < steps:  # the last iteration only scores the final delta
-            delta = pgd_step(delta, grad.reshape(1, 1, dim), h=zero, eps=eps, step_size=_step_size(eps, steps),
+            delta = pgd_step(delta, grad.reshape(1, 1, dim), h=zero, eps=eps, step_size=pgd_step_size(eps, steps),
                              lo=-float("inf"), hi=float("inf"))
     return best.reshape(dim).detach(), best_loss
 
@@ -95,12 +96,7 @@ def _add_delta(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tupl
     """Persistent forward pre-hook: add the block's ``BUFFER`` (d,) at every position of its input
     ``hidden_states`` (``args[0]`` or the keyword, as :func:`unlearnkit.methods.lau.latent_hook`)."""
     delta = getattr(module, BUFFER)
-    if args:
-        return (args[0] + broadcast(delta, args[0]), *args[1:]), kwargs
-    if "hidden_states" not in kwargs:
-        raise RuntimeError(f"cannot find hidden_states in the call of {type(module).__name__}")
-    hs = kwargs["hidden_states"]
-    return args, {**kwargs, "hidden_states": hs + broadcast(delta, hs)}
+    return map_hidden_states(module, args, kwargs, lambda hs: hs + broadcast(delta, hs))
 
 
 def install_delta(block: torch.nn.Module, delta: Tensor) -> None:

@@ -25,8 +25,11 @@ What ``run`` computes (one forward pass per entity; the input model is only read
    a record of ``a`` and a record of ``b`` have the same answer once the entity's name is replaced by a
    placeholder (:func:`answer_key`: "{} was born in Lisbon." — they share a fact);
 3. each entity's vector: ``hidden_states[layer]`` (0 = embeddings, i = output of decoder layer i;
-   default ``"middle"`` = layer (L + 1) // 2 of L; ``"all"`` = every layer's vector, unit-normalised and
-   concatenated, so the cosine is the mean of the per-layer cosines), pooled (``pool``: mean, or the
+   default ``"middle"`` = layer (L + 1) // 2 of L; ``"all"`` = every decoder layer's vector (not the
+   embeddings), unit-normalised and concatenated, so the cosine is the mean of the per-layer cosines;
+   measured on tiny models, the embeddings (``layer=0``) can be where the graph lives: with tied input /
+   output embeddings, training questions whose answers are names pull related names together, and
+   gradient ascent leaves that geometry — tests/test_attack_relation_graph.py), pooled (``pool``: mean, or the
    last token) over the name's tokens in the text ``prefix + name`` (default: the name alone);
 4. scores (:func:`graph_scores`): ``graph_auc``, the ROC AUC of the cosine similarity of true edges
    against non-edges over all entity pairs; ``graph_f1``, the F1 of the directed kNN graph (each

@@ -116,36 +116,43 @@ def pgd_attack(loss_fn: Callable[[Tensor], Tensor], h: Tensor, *, eps: Tensor | 
     for _ in range(steps):
         delta.requires_grad_(True)
         (grad,) = torch.autograd.grad(loss_fn(delta), delta)
-        delta = pgd_step(delta.detach(), grad * m, h=h, eps=eps, step_size=_step_size(eps, steps), lo=lo, hi=hi)
+        delta = pgd_step(delta.detach(), grad * m, h=h, eps=eps, step_size=pgd_step_size(eps, steps), lo=lo, hi=hi)
         delta = delta * m
     return delta.detach()
 
 
-def _step_size(eps: Tensor | float, steps: int) -> Tensor | float:
+def pgd_step_size(eps: Tensor | float, steps: int) -> Tensor | float:
     """eps / steps, per example when eps is a (B,) tensor (``adv_attack``'s step size)."""
     return eps / steps if not isinstance(eps, Tensor) else (eps / steps).reshape(-1, 1, 1)
 
 
 # ----------------------------------------------------------------------------------- model glue
+def map_hidden_states(module: Any, args: tuple, kwargs: dict, fn: Callable[[Tensor], Tensor]) -> tuple[tuple, dict]:
+    """In a forward pre-hook (``with_kwargs=True``) on a decoder block: replace its input
+    ``hidden_states`` (B, T, d) by ``fn(hidden_states)``. It is ``args[0]`` (how Llama/GPT-2 models
+    call their blocks in transformers 5.x) or the keyword argument."""
+    positional = bool(args)
+    if not positional and "hidden_states" not in kwargs:
+        raise RuntimeError(f"cannot find hidden_states in the call of {type(module).__name__}")
+    hs = fn(args[0] if positional else kwargs["hidden_states"])
+    return ((hs, *args[1:]), kwargs) if positional else (args, {**kwargs, "hidden_states": hs})
+
+
 @contextmanager
 def latent_hook(block: torch.nn.Module, *, delta: Tensor | None = None,
                 store: dict[str, Tensor] | None = None) -> Iterator[None]:
     """While active, a forward pre-hook on ``block`` records its input ``hidden_states`` (B, T, d)
-    in ``store["h"]`` and/or adds ``delta`` to it. ``hidden_states`` is taken from ``args[0]``
-    (how Llama/GPT-2 models call their blocks in transformers 5.x) or from the keyword argument.
+    in ``store["h"]`` and/or adds ``delta`` to it (:func:`map_hidden_states`).
     The hook is always removed on exit, even on an error. It is safe under gradient checkpointing:
     transformers checkpoints a block's ``forward``, so module hooks run outside the recomputation."""
 
-    def pre_hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        positional = bool(args)
-        if not positional and "hidden_states" not in kwargs:
-            raise RuntimeError(f"cannot find hidden_states in the call of {type(module).__name__}")
-        hs = args[0] if positional else kwargs["hidden_states"]
+    def edit(hs: Tensor) -> Tensor:
         if store is not None:
             store["h"] = hs
-        if delta is not None:
-            hs = hs + delta.to(hs.dtype)
-        return ((hs, *args[1:]), kwargs) if positional else (args, {**kwargs, "hidden_states": hs})
+        return hs if delta is None else hs + delta.to(hs.dtype)
+
+    def pre_hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return map_hidden_states(module, args, kwargs, edit)
 
     handle = block.register_forward_pre_hook(pre_hook, with_kwargs=True)
     try:
