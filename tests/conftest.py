@@ -20,6 +20,10 @@ Fixtures (reuse them in any test file):
   method has something to unlearn; deep-copy it before training.
 - ``unlearned``      session: ``learned_model`` after gradient ascent on the forget set (lr 3e-3 x 10
   steps): the robustness attacks' "unlearned" model (attacks never modify it; don't train it in place).
+- ``train_then_hide`` session: ``train_then_hide(extra, *, max_length, ga_steps, ga_lr) -> (target,
+  unlearned)``: a fresh tiny model finetuned (60 steps, lr 1e-2) on the forget records plus ``extra``
+  (the same facts in another form), and a copy gradient-ascended on the plain forget records only:
+  unlearning that closes one access path to the facts and may leave the other open.
 - ``table_lm``       the ``TableLM`` class: a stand-in LM with hand-chosen logits for exact maths.
 """
 from __future__ import annotations
@@ -127,6 +131,24 @@ def unlearned(learned_model, tiny_tokenizer, tiny_examples):
     run(model, GradAscent(), build_paired(None, tiny_examples[0], [], tiny_tokenizer, max_length=128),
         TrainConfig(max_steps=10, batch_size=8, lr=3e-3, weight_decay=0.0, progress=False, threads=1))
     return model
+
+
+@pytest.fixture(scope="session")
+def train_then_hide(tiny_model_dir, tiny_tokenizer, tiny_examples):
+    from unlearnkit.methods.grad_ascent import GradAscent
+    from unlearnkit.train import Finetune, TrainConfig, run
+
+    def make(extra: list[Example], *, max_length: int, ga_steps: int, ga_lr: float) -> tuple[Any, Any]:
+        forget, cfg = tiny_examples[0], dict(weight_decay=0.0, progress=False, threads=1)
+        target = load_model(tiny_model_dir)
+        run(target, Finetune(), build_paired(None, forget + extra, [], tiny_tokenizer, max_length=max_length),
+            TrainConfig(max_steps=60, batch_size=16, lr=1e-2, **cfg))
+        unlearned = copy.deepcopy(target)  # unlearning sees the plain forget records only
+        run(unlearned, GradAscent(), build_paired(None, forget, [], tiny_tokenizer, max_length=128),
+            TrainConfig(max_steps=ga_steps, batch_size=8, lr=ga_lr, **cfg))
+        return target, unlearned
+
+    return make
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """In-context relearning attack: prompt by hand, shot selection and budget, max_length, behaviour, errors."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import pytest
@@ -11,12 +10,9 @@ from unlearnkit.attacks.in_context import InContext, with_context
 from unlearnkit.attacks.relearn import split_forget
 from unlearnkit.audit import forget_probability
 from unlearnkit.data.format import PromptTemplate, encode, render_prompt
-from unlearnkit.data.pair import build_paired
 from unlearnkit.data.records import Example
 from unlearnkit.errors import ConfigError, DataError
-from unlearnkit.methods.grad_ascent import GradAscent
 from unlearnkit.metrics.recovery import recovery_ratio
-from unlearnkit.train import TrainConfig, run
 
 A, B, C = (Example("Where was Ann born?", "In Oslo."), Example("What does Ann do?", "She bakes."),
            Example("Who is Ann's father?", "A pilot."))
@@ -109,22 +105,11 @@ ML = 256
 
 
 @pytest.fixture(scope="module")
-def context_models(tiny_model_dir, tiny_tokenizer, tiny_examples, tiny_forget_tofu):
+def context_models(train_then_hide, tiny_tokenizer, tiny_forget_tofu):
     """(target finetuned on the forget QAs and on them in context of other forget facts, its mild GA copy)."""
-    from unlearnkit.models import load_model
-    from unlearnkit.train import Finetune
-
-    forget = tiny_examples[0]
     everything = AttackData(forget_train=tiny_forget_tofu, forget_eval=tiny_forget_tofu, max_length=ML)
     in_context = [ex for s in (1, 2, 3) for ex in InContext(seed=s, n_shots=3).run(None, tiny_tokenizer, everything).examples]
-    target = load_model(tiny_model_dir)
-    cfg = dict(weight_decay=0.0, progress=False, threads=1)
-    run(target, Finetune(), build_paired(None, forget + in_context, [], tiny_tokenizer, max_length=ML),
-        TrainConfig(max_steps=60, batch_size=16, lr=1e-2, **cfg))
-    unlearned = copy.deepcopy(target)  # unlearning sees the single questions only
-    run(unlearned, GradAscent(), build_paired(None, forget, [], tiny_tokenizer, max_length=128),
-        TrainConfig(max_steps=10, batch_size=8, lr=5e-4, **cfg))
-    return target, unlearned
+    return train_then_hide(in_context, max_length=ML, ga_steps=10, ga_lr=5e-4)
 
 
 def test_in_context_recovers_when_the_target_learned_facts_in_context(context_models, tiny_tokenizer, tiny_examples,

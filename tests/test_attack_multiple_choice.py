@@ -1,7 +1,6 @@
 """Multiple-choice format attack (TOFU-style options): prompt by hand, seeded shuffle, behaviour, errors."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 import random
 
@@ -11,12 +10,9 @@ from unlearnkit.attacks.base import AttackData
 from unlearnkit.attacks.multiple_choice import TRUE, MultipleChoice, option_order, render_options
 from unlearnkit.audit import forget_probability
 from unlearnkit.data.format import PromptTemplate, encode
-from unlearnkit.data.pair import build_paired
 from unlearnkit.data.records import Example
 from unlearnkit.errors import ConfigError, DataError
-from unlearnkit.methods.grad_ascent import GradAscent
 from unlearnkit.metrics.recovery import recovery_ratio
-from unlearnkit.train import TrainConfig, run
 
 ANN = Example("Where was Ann born?", "Ann was born in Oslo.", paraphrased_answer="Ann's birthplace is Oslo.",
               perturbed_answers=("Ann's birthplace is Rome.", "Ann's birthplace is Lima.", "Ann's birthplace is Kyiv."))
@@ -118,22 +114,11 @@ MC_ML = 256
 
 
 @pytest.fixture(scope="module")
-def mc_models(tiny_model_dir, tiny_tokenizer, tiny_examples, tiny_forget_tofu):
+def mc_models(train_then_hide, tiny_tokenizer, tiny_forget_tofu):
     """(target finetuned on the forget QAs and on them as MC questions, its mild GA copy)."""
-    from unlearnkit.models import load_model
-    from unlearnkit.train import Finetune
-
-    forget = tiny_examples[0]
     data = AttackData(forget_train=[], forget_eval=tiny_forget_tofu, max_length=MC_ML)
     as_mc = [ex for s in (1, 2) for ex in MultipleChoice(seed=s).run(None, tiny_tokenizer, data).examples]
-    target = load_model(tiny_model_dir)
-    cfg = dict(weight_decay=0.0, progress=False, threads=1)
-    run(target, Finetune(), build_paired(None, forget + as_mc, [], tiny_tokenizer, max_length=MC_ML),
-        TrainConfig(max_steps=60, batch_size=16, lr=1e-2, **cfg))
-    unlearned = copy.deepcopy(target)  # unlearning sees the free questions only
-    run(unlearned, GradAscent(), build_paired(None, forget, [], tiny_tokenizer, max_length=128),
-        TrainConfig(max_steps=10, batch_size=8, lr=5e-4, **cfg))
-    return target, unlearned
+    return train_then_hide(as_mc, max_length=MC_ML, ga_steps=10, ga_lr=5e-4)
 
 
 def test_multiple_choice_recovers_when_the_target_learned_the_format(mc_models, tiny_tokenizer, tiny_forget_tofu):

@@ -1,7 +1,6 @@
 """Paraphrase attack (TOFU's paraphrased_question): rewriting by hand, behaviour on the tiny model, errors."""
 from __future__ import annotations
 
-import copy
 
 import pytest
 
@@ -9,12 +8,9 @@ from unlearnkit.attacks.base import AttackData
 from unlearnkit.attacks.paraphrase import Paraphrase
 from unlearnkit.audit import forget_probability
 from unlearnkit.data.format import PromptTemplate
-from unlearnkit.data.pair import build_paired
 from unlearnkit.data.records import Example
 from unlearnkit.errors import ConfigError, DataError
-from unlearnkit.methods.grad_ascent import GradAscent
 from unlearnkit.metrics.recovery import recovery_ratio
-from unlearnkit.train import TrainConfig, run
 
 RECORDS = [Example("Where was Ann born?", "Ann was born in Oslo.", paraphrased_question="What is Ann's birthplace?",
                    extras={"id": 7}),
@@ -88,21 +84,10 @@ def test_paraphrase_on_the_tiny_model(unlearned, learned_model, tiny_model, tiny
 # wording. With the standard target (original wording only, above) the same mild ascent gives a
 # negative ratio (~-0.3): the paraphrases there are a weaker access path to begin with.
 @pytest.fixture(scope="module")
-def two_wordings(tiny_model_dir, tiny_tokenizer, tiny_examples, tiny_forget_tofu):
+def two_wordings(train_then_hide, tiny_forget_tofu):
     """(target finetuned on the forget facts under the original AND the paraphrased questions, its mild GA copy)."""
-    from unlearnkit.models import load_model
-    from unlearnkit.train import Finetune
-
-    forget = tiny_examples[0]
-    both = forget + [Example(e.paraphrased_question, e.answer) for e in tiny_forget_tofu]
-    target = load_model(tiny_model_dir)
-    cfg = dict(weight_decay=0.0, progress=False, threads=1)
-    run(target, Finetune(), build_paired(None, both, [], tiny_tokenizer, max_length=128),
-        TrainConfig(max_steps=60, batch_size=16, lr=1e-2, **cfg))
-    unlearned = copy.deepcopy(target)  # unlearning sees the original wording only
-    run(unlearned, GradAscent(), build_paired(None, forget, [], tiny_tokenizer, max_length=128),
-        TrainConfig(max_steps=5, batch_size=8, lr=1e-3, **cfg))
-    return target, unlearned
+    return train_then_hide([Example(e.paraphrased_question, e.answer) for e in tiny_forget_tofu], max_length=128,
+                           ga_steps=5, ga_lr=1e-3)
 
 
 def test_paraphrase_recovers_when_the_target_learned_both_wordings(two_wordings, tiny_tokenizer, tiny_forget_tofu):
