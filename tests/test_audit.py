@@ -105,3 +105,23 @@ def test_audit_page_renders_missing_values_and_rejects_other_documents():
     assert "n/a" in page and "cheap &lt;b&gt;" in page and "no gate" in page
     with pytest.raises(UnlearnkitError, match="attacks"):
         render_audit_html({"models": {}})
+
+
+def test_an_attack_whose_data_is_missing_is_skipped_under_all_and_fails_when_named(audit_setup, tmp_path, monkeypatch,
+                                                                                  capsys):
+    import unlearnkit.audit as audit_mod
+    from unlearnkit.attacks.paraphrase import Paraphrase
+    from unlearnkit.attacks.quantize import Quantize
+
+    root = audit_setup  # its forget records have no paraphrased_question
+    base = ["audit", "--model", str(root / "unlearned"), "--reference", str(root / "target"), "--forget",
+            str(root / "forget.jsonl"), "max_length=128", "metrics=[forget_prob]", "--no-progress"]
+    assert main([*base, "--attacks", "paraphrase"]) == 2
+    assert "paraphrased_question" in capsys.readouterr().err
+    monkeypatch.setattr(audit_mod, "build_attacks", lambda cfg: {"paraphrase": Paraphrase(), "quantize": Quantize()})
+    out = tmp_path / "audit.json"
+    assert main([*base, "--out", str(out)]) == 0  # --attacks all (the default)
+    doc = json.loads(out.read_text())
+    assert list(doc["attacks"]) == ["quantize"] and "paraphrased_question" in doc["skipped"]["paraphrase"]
+    assert "skipped" in capsys.readouterr().err
+    assert "was not run" in out.with_suffix(".html").read_text()

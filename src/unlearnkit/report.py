@@ -756,6 +756,7 @@ def render_audit_html(doc: Mapping[str, Any]) -> str:
     verdict = {True: "PASSED", False: "FAILED", None: "no gate (--fail-above not set)"}[passed]
     split = doc.get("split") or {}
     costs = "".join(f"<li><b>{_esc(n)}</b>: {_esc(r.get('cost'))}</li>" for n, r in doc["attacks"].items())
+    skipped = "".join(f"<li><b>{_esc(n)}</b> was not run: {_esc(why)}</li>" for n, why in (doc.get("skipped") or {}).items())
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         "<title>unlearnkit audit</title>", f"<style>{_CSS}</style></head><body>",
@@ -769,7 +770,8 @@ def render_audit_html(doc: Mapping[str, Any]) -> str:
         "<h2>Recovery per attack</h2>", _html_plot(doc, "recovery per attack", plot_audit,
                                                    "Top: each attack's largest recovery ratio, unlearned model (red) "
                                                    "vs retain model (grey, the honest floor). Bottom: per metric."),
-        _audit_table(doc), "<h2>What each attack costs</h2>", f"<ul>{costs}</ul>",
+        _audit_table(doc), f'<ul class="warning">{skipped}</ul>' if skipped else "",
+        "<h2>What each attack costs</h2>", f"<ul>{costs}</ul>",
         "<h2>Details</h2>", f"<details><summary>audit.json</summary><pre>"
         f"{_esc(json.dumps(to_jsonable(doc), indent=2, ensure_ascii=False))}</pre></details>",
         "</body></html>", "",
