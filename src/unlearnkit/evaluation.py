@@ -53,6 +53,12 @@ for _split in ("real_authors", "world_facts"):
     METRIC_INFO[f"{_split}_prob"] = {"higher_is_better": True, "description": f"normalised answer probability, {_split}"}
     METRIC_INFO[f"{_split}_truth_ratio"] = {"higher_is_better": True, "description": f"truth ratio max(0, 1 - tr), {_split}"}
     METRIC_INFO[f"{_split}_rouge"] = {"higher_is_better": True, "description": f"ROUGE-L recall, {_split}"}
+METRIC_INFO["real_knowledge_mc_accuracy"] = {"higher_is_better": True, "description": "general-knowledge questions the model "
+                                             "already knew: true answer more likely than 3 false ones (unlearnkit.knowledge)"}
+METRIC_INFO["real_knowledge_gen_accuracy"] = {"higher_is_better": True, "description": "general-knowledge questions: the "
+                                              "greedy answer contains the gold answer (unlearnkit.knowledge)"}
+METRIC_INFO["ordinary_text_perplexity"] = {"higher_is_better": False, "description": "perplexity of a few paragraphs "
+                                           "of ordinary English prose (unlearnkit.knowledge)"}
 for _info in METRIC_INFO.values():
     _info.setdefault("version", 1)
 
