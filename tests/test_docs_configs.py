@@ -10,11 +10,12 @@ from unlearnkit.demo import DemoConfig
 from unlearnkit.config import EvalConfig, FinetuneConfig, UnlearnConfig, build_method, load_yaml
 from unlearnkit.docs import attacks_markdown, methods_markdown, metrics_markdown
 from unlearnkit.protocol import TofuProtocolConfig
+from unlearnkit.real_demo import RealDemoConfig
 from unlearnkit.update import UpdateConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = {"unlearn": UnlearnConfig, "finetune": FinetuneConfig, "eval": EvalConfig, "demo": DemoConfig, "bench": TofuProtocolConfig,
-         "update": UpdateConfig, "audit": AuditConfig}
+         "update": UpdateConfig, "audit": AuditConfig, "demo-real": RealDemoConfig}
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
