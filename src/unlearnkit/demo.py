@@ -22,7 +22,7 @@ from .data.synthetic import corpus_text, write_tofu_layout
 from .errors import ConfigError
 from .evaluation import METRIC_INFO, apply_reference, evaluate_model, load_tofu_splits
 from .metrics.probes import ProbeSettings
-from .models import TinyModelSpec, add_card_metrics, build_tiny_model, load_model, load_tokenizer
+from .models import LoraSettings, TinyModelSpec, add_card_metrics, build_tiny_model, load_model, load_tokenizer
 from .train import TrainConfig
 
 
@@ -66,9 +66,12 @@ class DemoConfig:
         )
 
 
-def _finetune(base: Path, data: Path, out: Path, tc: TrainConfig, progress: bool) -> float:
+def finetune_dir(base: Path, data: Path, out: Path, tc: TrainConfig, progress: bool,
+                 lora: LoraSettings | None = None) -> float:
+    """Finetune the model in ``base`` on the records in ``data`` into ``out`` (LoRA merged when
+    ``lora.r > 0``); the seconds it took. Shared by ``demo`` and ``demo-real``."""
     t = time.perf_counter()
-    cfg = FinetuneConfig(model=ModelConfig(path=str(base)), data=DataConfig(train=str(data)),
+    cfg = FinetuneConfig(model=ModelConfig(path=str(base), lora=lora or LoraSettings()), data=DataConfig(train=str(data)),
                          train=TrainConfig(**{**asdict(tc), "progress": progress}), out=str(out))
     api.finetune(cfg)
     return time.perf_counter() - t
@@ -95,8 +98,8 @@ def run_demo(cfg: DemoConfig | None = None, *, progress: bool = True, log=print)
                         for r in _rows(f))
     build_tiny_model(texts, out / "base", cfg.model)
     log(f"[1/5] benchmark: {cfg.n_people} people x {cfg.facts_per_person} facts -> {data_dir}")
-    timing["finetune_target_s"] = _finetune(out / "base", data_dir / "full.json", out / "target", cfg.finetune, progress)
-    timing["finetune_retain_s"] = _finetune(out / "base", data_dir / f"retain{100 - int(pct)}.json",
+    timing["finetune_target_s"] = finetune_dir(out / "base", data_dir / "full.json", out / "target", cfg.finetune, progress)
+    timing["finetune_retain_s"] = finetune_dir(out / "base", data_dir / f"retain{100 - int(pct)}.json",
                                             out / "retain", cfg.finetune, progress)
     log(f"[2/5] finetuned target and retain models ({timing['finetune_target_s']:.0f}s + {timing['finetune_retain_s']:.0f}s)")
     ecfg = EvalConfig(data_dir=str(data_dir), forget_split=cfg.forget_split,

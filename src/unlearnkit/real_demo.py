@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import api
-from .config import build_method, DataConfig, EvalConfig, FinetuneConfig, ModelConfig, UnlearnConfig
+from .config import build_method, DataConfig, EvalConfig, ModelConfig, UnlearnConfig
 from .data.synthetic import write_tofu_layout
-from .demo import unlearning_worked
+from .demo import finetune_dir, unlearning_worked
 from .errors import ConfigError, ModelError
 from .evaluation import apply_reference, evaluate_model, load_tofu_splits, METRIC_INFO
 from .metrics.probes import ProbeSettings
@@ -111,14 +111,6 @@ def check_trainable(path: Path) -> Path:
     return path
 
 
-def _finetune(base: Path, data: Path, out: Path, tc: TrainConfig, lora: LoraSettings) -> float:
-    """Finetune ``base`` on the records in ``data`` (LoRA merged when ``lora.r > 0``); seconds taken."""
-    t = time.perf_counter()
-    api.finetune(FinetuneConfig(model=ModelConfig(path=str(base), lora=replace(lora)), data=DataConfig(train=str(data)),
-                                train=tc, out=str(out)))
-    return time.perf_counter() - t
-
-
 def evaluate_real(path: Path, ecfg: EvalConfig, splits: dict, reference: dict | None, knowledge: list,
                   texts: list[str], cfg: RealDemoConfig) -> dict[str, Any]:
     """TOFU metrics + real knowledge (MC / generation accuracy) + ordinary-text perplexity of one model."""
@@ -197,8 +189,8 @@ def run_real_demo(cfg: RealDemoConfig | None = None, *, progress: bool = True,
     log(f"[2/6] benchmark: {cfg.n_people} people x {cfg.facts_per_person} facts ({len(splits['forget'])} to forget) "
         f"-> {data_dir}; {len(knowledge)} general-knowledge questions, {len(texts)} paragraphs of ordinary text")
     ft = _train_cfg(cfg.finetune, cfg, progress)
-    timing["finetune_target_s"] = _finetune(base, data_dir / "full.json", out / "target", ft, cfg.lora)
-    timing["finetune_retain_s"] = _finetune(base, retain_file, out / "retain", ft, cfg.lora)
+    timing["finetune_target_s"] = finetune_dir(base, data_dir / "full.json", out / "target", ft, ft.progress, cfg.lora)
+    timing["finetune_retain_s"] = finetune_dir(base, retain_file, out / "retain", ft, ft.progress, cfg.lora)
     log(f"[3/6] finetuned target and retain models ({'LoRA r=' + str(cfg.lora.r) if cfg.lora.r else 'full'}; "
         f"{timing['finetune_target_s']:.0f}s + {timing['finetune_retain_s']:.0f}s)")
     t = time.perf_counter()
