@@ -53,6 +53,8 @@ def test_split_paragraphs_joins_wrapped_lines():
 # ------------------------------------------------------------------------------------- pure scoring
 def test_normalise_and_whole_word_match():
     assert normalise("Seven days, São Paulo!") == "7 days sao paulo"
+    assert normalise("Water boils at 100°C.") == "water boils at 100 c"  # a symbol separates words
+    assert answer_in_generation("100", "It boils at 100°C (212°F).") and answer_in_generation("CO2", "It is CO₂.")
     assert answer_in_generation("Au", "The symbol for gold is Au.")
     assert not answer_in_generation("Au", "Australia is large.")  # whole words only
     assert answer_in_generation("seven", "A week has 7 days.")

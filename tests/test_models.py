@@ -6,12 +6,13 @@ import json
 import pytest
 import torch
 
-from unlearnkit.errors import ModelError
+from unlearnkit.errors import ConfigError, ModelError
 from unlearnkit.models import (
     LoraSettings,
     check_model_dir,
     decoder_layers,
     frozen_copy,
+    interpolate_weights,
     load_model,
     load_tokenizer,
     maybe_add_lora,
@@ -228,3 +229,56 @@ def test_decoder_layers_gpt2():
 def test_decoder_layers_unknown_architecture():
     with pytest.raises(ModelError, match="cannot find the decoder layers of Linear"):
         decoder_layers(torch.nn.Linear(2, 2))
+
+
+# ----------------------------------------------------------------------------- WiSE-FT interpolation
+def test_interpolate_weights_mixes_every_weight_once(tiny_model):
+    start = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    with torch.no_grad():
+        for p in tiny_model.parameters():
+            p.add_(1.0)  # "finetuned" = start + 1 everywhere
+    assert tiny_model.get_input_embeddings().weight is tiny_model.get_output_embeddings().weight  # tied
+    interpolate_weights(tiny_model, start, 0.25)
+    for name, value in tiny_model.state_dict().items():
+        if value.is_floating_point():  # 0.25 x (start + 1) + 0.75 x start; the tied matrix not mixed twice
+            torch.testing.assert_close(value, start[name] + 0.25, msg=name)
+
+
+def test_interpolate_weights_endpoints_and_errors(tiny_model):
+    start = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    finetuned = {k: v + 0.5 if v.is_floating_point() else v for k, v in start.items()}
+    tiny_model.load_state_dict(finetuned)
+    interpolate_weights(tiny_model, start, 1.0)
+    assert all(torch.equal(v, finetuned[k]) for k, v in tiny_model.state_dict().items())
+    interpolate_weights(tiny_model, start, 0.0)
+    assert all(torch.equal(v, start[k]) for k, v in tiny_model.state_dict().items())
+    with pytest.raises(ConfigError, match="wise_alpha"):
+        interpolate_weights(tiny_model, start, 1.5)
+    with pytest.raises(ModelError, match="different weights"):
+        interpolate_weights(tiny_model, {k: v for k, v in start.items() if "layers.0." not in k}, 0.5)
+
+
+def test_finetune_wise_alpha_saves_the_interpolated_model(tiny_model_dir, tiny_examples, tmp_path):
+    """api.finetune with wise_alpha: the saved weights are alpha x plain finetune + (1 - alpha) x start."""
+    from unlearnkit import api
+    from unlearnkit.config import DataConfig, FinetuneConfig, ModelConfig
+    from unlearnkit.train import TrainConfig
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"question": e.question, "answer": e.answer}) for e in tiny_examples[0]))
+    outs = {}
+    for alpha in (1.0, 0.5):
+        cfg = FinetuneConfig(model=ModelConfig(path=str(tiny_model_dir)), data=DataConfig(train=str(data)),
+                             train=TrainConfig(lr=1e-2, max_steps=3, batch_size=4, progress=False, threads=1),
+                             wise_alpha=alpha, out=str(tmp_path / f"a{alpha}"))
+        api.finetune(cfg)
+        outs[alpha] = load_model(tmp_path / f"a{alpha}").state_dict()
+    start = load_model(tiny_model_dir).state_dict()
+    for name, value in outs[0.5].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.5 * outs[1.0][name] + 0.5 * start[name], msg=name)
+    assert not torch.equal(outs[0.5]["model.norm.weight"], outs[1.0]["model.norm.weight"])
+    with pytest.raises(ConfigError, match="wise_alpha"):
+        api.finetune(FinetuneConfig(model=ModelConfig(path=str(tiny_model_dir)), data=DataConfig(train=str(data)),
+                                    wise_alpha=-0.1, out=str(tmp_path / "never")))
+    assert not (tmp_path / "never").exists()

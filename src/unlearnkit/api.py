@@ -16,7 +16,8 @@ from .data.pair import build_paired
 from .data.records import Example, examples_sha256, load_examples
 from .errors import ConfigError, UnlearnkitError
 from .evaluation import METRIC_INFO, evaluate_model
-from .models import check_model_dir, frozen_copy, load_model, load_tokenizer, maybe_add_lora, save_model
+from .models import (check_model_dir, frozen_copy, interpolate_weights, load_model, load_tokenizer, maybe_add_lora,
+                     merged, save_model)
 from .train import Finetune, TrainResult, run, run_method
 
 
@@ -90,12 +91,17 @@ def finetune(cfg: FinetuneConfig) -> TrainResult:
     """Teach ``cfg.model`` the records in ``cfg.data.train`` (answer-only NLL); save to ``cfg.out``."""
     out = _check_out(cfg.out)
     records = load_examples(_require(cfg.data.train, "data.train (--data FILE)"), keys=cfg.data.keys)
+    if not 0.0 <= cfg.wise_alpha <= 1.0:
+        raise ConfigError(f"wise_alpha={cfg.wise_alpha}: the weight of the finetuned model must be in [0, 1] (1 = off)")
     model, tok = _load(cfg.model)
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.wise_alpha < 1 else None
     model = maybe_add_lora(model, cfg.model.lora)
     method = Finetune()
     data = build_paired(method, records, [], tok, template=cfg.data.template,
                         max_length=cfg.data.max_length, seed=cfg.train.seed)
     result = run(model, method, data, cfg.train, log_path=_log_path(out), desc="finetune")
+    if start is not None:  # WiSE-FT: back toward the starting weights
+        model = interpolate_weights(merged(model), start, cfg.wise_alpha)
     card = {"title": "Finetuned with unlearnkit", "base_model": cfg.model.path, "method": "finetune",
             "config": asdict(cfg), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if result.is_main_process:

@@ -51,6 +51,8 @@ class FinetuneConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-5, epochs=5))
+    # WiSE-FT (Wortsman et al. 2022): save alpha x finetuned + (1 - alpha) x starting weights; 1 = off
+    wise_alpha: float = 1.0
     out: str = ""
 
 

@@ -67,12 +67,13 @@ class DemoConfig:
 
 
 def finetune_dir(base: Path, data: Path, out: Path, tc: TrainConfig, progress: bool,
-                 lora: LoraSettings | None = None) -> float:
+                 lora: LoraSettings | None = None, wise_alpha: float = 1.0) -> float:
     """Finetune the model in ``base`` on the records in ``data`` into ``out`` (LoRA merged when
-    ``lora.r > 0``); the seconds it took. Shared by ``demo`` and ``demo-real``."""
+    ``lora.r > 0``; WiSE-FT interpolation when ``wise_alpha < 1``); the seconds it took. Shared by
+    ``demo`` and ``demo-real``."""
     t = time.perf_counter()
     cfg = FinetuneConfig(model=ModelConfig(path=str(base), lora=lora or LoraSettings()), data=DataConfig(train=str(data)),
-                         train=TrainConfig(**{**asdict(tc), "progress": progress}), out=str(out))
+                         train=TrainConfig(**{**asdict(tc), "progress": progress}), wise_alpha=wise_alpha, out=str(out))
     api.finetune(cfg)
     return time.perf_counter() - t
 

@@ -65,9 +65,11 @@ def load_ordinary_text() -> list[str]:
 
 # ------------------------------------------------------------------------------------- pure scoring
 def normalise(text: str) -> str:
-    """Lower-case, accents removed, every run of non-alphanumerics a single space, number words
-    zero..twenty as digits: ``normalise("Seven days, São Paulo!") == "7 days sao paulo"``."""
-    plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    """Lower-case, accents removed, every run of non-alphanumerics (symbols such as ``°`` included) a
+    single space, number words zero..twenty as digits:
+    ``normalise("Seven days, São Paulo!") == "7 days sao paulo"``, ``normalise("100°C") == "100 c"``."""
+    plain = "".join("" if unicodedata.combining(c) else c if c.isascii() else " "
+                    for c in unicodedata.normalize("NFKD", text))  # "ã" -> "a", "₂" -> "2", "°" -> " "
     words = re.sub(r"[^0-9a-z]+", " ", plain.casefold()).split()
     return " ".join(_NUMBER_WORDS.get(w, w) for w in words)
 

