@@ -198,7 +198,7 @@ def test_failed_save_keeps_the_previous_conversion_and_no_temp_dir(tiny_gguf, tm
         return model, tok
 
     monkeypatch.setattr(gguf_import, "load_gguf", load_then_break)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(ModelError, match="No space left on device; choose another --out"):
         import_gguf(tiny_gguf, out, force=True, progress=False)
     assert leftovers(tmp_path) == [] and check_model_dir(out) == out
 

@@ -131,7 +131,7 @@ def annotate_file(records: str, out: str, *, source: str = "regex", kinds: Seque
     [start, end) answer offsets; return counts. Plain-text records (a ``text`` column) are not
     supported here (their spans would be on the text, not an answer)."""
     from .data.records import load_examples, read_rows
-    from .report import _write_text_atomic
+    from .storage import write_text_atomic
 
     check_settings(source, kinds, fraction, rule)  # before loading a model
     rows, examples = read_rows(records), load_examples(records)
@@ -146,7 +146,7 @@ def annotate_file(records: str, out: str, *, source: str = "regex", kinds: Seque
     lines = []
     for row, sp in zip(rows, spans):
         lines.append(_json_line({**row, "sensitive_spans": [list(s) for s in sp]}))
-    _write_text_atomic(Path(out), "".join(lines))
+    write_text_atomic(Path(out), "".join(lines))
     return {"records": len(rows), "annotated": sum(bool(s) for s in spans), "spans": sum(len(s) for s in spans)}
 
 

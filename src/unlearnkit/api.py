@@ -4,10 +4,12 @@ Each takes the same config dataclass the CLI builds, so the two never drift.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from .errors import ConfigError, UnlearnkitError
 from .evaluation import METRIC_INFO, evaluate_model
 from .models import (check_model_dir, frozen_copy, interpolate_weights, load_model, load_tokenizer, maybe_add_lora,
                      merged, save_model)
-from .train import Finetune, TrainResult, run, run_method
+from .train import Finetune, TrainConfig, TrainResult, run, run_method
 
 
 def _load(mc: ModelConfig) -> tuple[Any, Any]:
@@ -54,6 +56,26 @@ def _log_path(out: Path) -> Path:
     return out.with_name(out.name + ".train_log.jsonl")
 
 
+def _with_checkpoints(train: TrainConfig, out: Path) -> TrainConfig:
+    """``train`` with its checkpoint folder set (default ``OUT.checkpoints``): checkpoints, resume
+    and the ``divergence.json`` of a tripped guard go there."""
+    return replace(train, checkpoint_dir=train.checkpoint_dir or str(out.with_name(out.name + ".checkpoints")))
+
+
+def _drop_checkpoints(train: TrainConfig) -> None:
+    """After the output is saved, its checkpoints are no longer needed: remove them (and the folder,
+    when nothing else is in it)."""
+    root = Path(train.checkpoint_dir or "")
+    if not train.checkpoint_dir or not root.is_dir():
+        return
+    for step in root.glob("step-*"):
+        shutil.rmtree(step, ignore_errors=True)
+    for stale in root.glob(".step-*"):  # stages of a killed save
+        shutil.rmtree(stale, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        root.rmdir()
+
+
 def _warn_overlap(forget: list[Example], retain: list[Example]) -> None:
     both = {(e.question, e.answer) for e in forget} & {(e.question, e.answer) for e in retain}
     if both:
@@ -76,7 +98,8 @@ def unlearn(cfg: UnlearnConfig) -> TrainResult:
     model = maybe_add_lora(model, cfg.model.lora)
     data = build_paired(method, forget, retain, tok, template=cfg.data.template,
                         max_length=cfg.data.max_length, seed=cfg.train.seed)
-    result = run_method(model, method, data, cfg.train, ref=ref, log_path=_log_path(out), desc=f"unlearn:{cfg.method}")
+    train = _with_checkpoints(cfg.train, out)
+    result = run_method(model, method, data, train, ref=ref, log_path=_log_path(out), desc=f"unlearn:{cfg.method}")
     card = {"title": f"Unlearned with unlearnkit ({cfg.method})", "base_model": cfg.model.path,
             "method": cfg.method, "config": asdict(cfg), "forget_set_sha256": examples_sha256(forget),
             "retain_set_sha256": examples_sha256(retain) if retain else None,
@@ -84,6 +107,7 @@ def unlearn(cfg: UnlearnConfig) -> TrainResult:
             "stopped_early": result.stopped_early, "stop_reason": result.stop_reason}
     if result.is_main_process:
         save_model(model, tok, out, card=card)
+        _drop_checkpoints(train)
     return result
 
 
@@ -99,13 +123,15 @@ def finetune(cfg: FinetuneConfig) -> TrainResult:
     method = Finetune()
     data = build_paired(method, records, [], tok, template=cfg.data.template,
                         max_length=cfg.data.max_length, seed=cfg.train.seed)
-    result = run(model, method, data, cfg.train, log_path=_log_path(out), desc="finetune")
+    train = _with_checkpoints(cfg.train, out)
+    result = run(model, method, data, train, log_path=_log_path(out), desc="finetune")
     if start is not None:  # WiSE-FT: back toward the starting weights
         model = interpolate_weights(merged(model), start, cfg.wise_alpha)
     card = {"title": "Finetuned with unlearnkit", "base_model": cfg.model.path, "method": "finetune",
             "config": asdict(cfg), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if result.is_main_process:
         save_model(model, tok, out, card=card)
+        _drop_checkpoints(train)
     return result
 
 

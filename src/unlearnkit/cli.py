@@ -30,6 +30,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _resumable(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="write a verified checkpoint every N steps to OUT.checkpoints (train.checkpoint_every)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest verified checkpoint in OUT.checkpoints (bit-identical on CPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="unlearnkit", description="Machine unlearning for causal LMs.",
                                  epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,9 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a RealDemoConfig YAML, then overrides, e.g. n_people=10 lora.r=16")
     f = sub.add_parser("finetune", help="teach a model a set of records")
     _common(f)
+    _resumable(f)
     f.add_argument("--data", help="records to learn (.json/.jsonl/.csv/.parquet)")
     u = sub.add_parser("unlearn", help="unlearn a forget set")
     _common(u)
+    _resumable(u)
     u.add_argument("--forget", help="records to forget")
     u.add_argument("--retain", help="records to keep")
     u.add_argument("--method", help="method name (see `unlearnkit ls methods`)")
@@ -157,6 +166,10 @@ def _model_flags(cfg: Any, ns: argparse.Namespace) -> None:
         cfg.out = ns.out
     if ns.no_progress and hasattr(cfg, "train"):
         cfg.train.progress = False
+    if getattr(ns, "checkpoint_every", None) is not None:
+        cfg.train.checkpoint_every = ns.checkpoint_every
+    if getattr(ns, "resume", False):
+        cfg.train.resume = True
     if ns.no_progress and hasattr(cfg, "probe"):
         cfg.probe.progress = False
 
@@ -473,10 +486,13 @@ def main(argv: list[str] | None = None) -> int:
     if not ns.cmd:
         build_parser().print_help()
         return 2
-    from .errors import UnlearnkitError
+    from .errors import TrainingDiverged, UnlearnkitError
 
     try:
         return COMMANDS[ns.cmd](ns)
+    except TrainingDiverged as exc:  # its own exit code, so a scheduler can tell it from bad input
+        print(f"error: training diverged: {exc}", file=sys.stderr)
+        return 3
     except UnlearnkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

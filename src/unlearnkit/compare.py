@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from . import report
 from .errors import DataError, UnlearnkitError
 from .report import _esc, _fmt, _num, plot_memorization
+from .storage import write_text_atomic
 
 REFERENCE_MODELS = frozenset({"base", "target", "retain"})
 """Model names treated as references (not ranked when marking the best value)."""
@@ -501,7 +502,7 @@ def render_compare_html(runs: Sequence[Run]) -> str:
 
 def write_compare_html(runs: Sequence[Run], path: str | os.PathLike) -> Path:
     """Write ``render_compare_html(runs)`` to ``path`` atomically; returns the path."""
-    return report._write_text_atomic(path, render_compare_html(runs))
+    return write_text_atomic(path, render_compare_html(runs))
 
 
 __all__ = [

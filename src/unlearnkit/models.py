@@ -10,8 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -196,29 +194,24 @@ def save_model(
     *,
     card: dict[str, Any] | None = None,
 ) -> Path:
-    """Save model + tokenizer (+ a README model card) atomically: staged in a temporary sibling
-    directory, then renamed into place, so an interrupted save never leaves a half-written model."""
+    """Save model + tokenizer (+ a README model card) atomically: staged in a hidden sibling directory,
+    every file fsynced, a ``manifest.json`` of sha256 hashes written last, then renamed into place
+    (:func:`unlearnkit.storage.staged_dir`), so an interrupted save never leaves a half-written model."""
+    from .storage import staged_dir
+
     out = Path(out_dir)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        with staged_dir(out) as stage:
+            _quiet_transformers()
+            model = merged(model)
+            model.config.use_cache = True
+            model.save_pretrained(stage, safe_serialization=True)
+            tokenizer.save_pretrained(stage)
+            if card is not None:
+                (stage / "README.md").write_text(model_card(card), encoding="utf-8")
+                (stage / "unlearnkit.json").write_text(json.dumps(card, indent=2, default=str))
     except OSError as exc:
         raise ModelError(f"cannot write the model to '{out}': {exc.strerror or exc}; choose another --out") from exc
-    try:
-        _quiet_transformers()
-        model = merged(model)
-        model.config.use_cache = True
-        model.save_pretrained(stage, safe_serialization=True)
-        tokenizer.save_pretrained(stage)
-        if card is not None:
-            (stage / "README.md").write_text(model_card(card), encoding="utf-8")
-            (stage / "unlearnkit.json").write_text(json.dumps(card, indent=2, default=str))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return out
 
 
@@ -228,10 +221,11 @@ def add_card_metrics(model_dir: str | os.PathLike, metrics: dict[str, float | No
     meta_path = d / "unlearnkit.json"
     card = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     card["metrics"] = {**card.get("metrics", {}), **metrics}
+    from .storage import refresh_manifest, write_text_atomic
+
     for name, text in (("unlearnkit.json", json.dumps(card, indent=2, default=str)), ("README.md", model_card(card))):
-        tmp = d / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, d / name)
+        write_text_atomic(d / name, text)
+    refresh_manifest(d, ["unlearnkit.json", "README.md"])
 
 
 def model_card(card: dict[str, Any]) -> str:

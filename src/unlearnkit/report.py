@@ -9,7 +9,6 @@ plots are PNGs (matplotlib, Agg) embedded as base64 data URIs.
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import datetime as _dt
 import html
@@ -20,7 +19,6 @@ import os
 import re
 import subprocess
 import sys
-import uuid
 import warnings
 from pathlib import Path
 from typing import IO, Any, Callable, Mapping, Sequence
@@ -29,6 +27,7 @@ import numpy as np
 
 from . import __version__
 from .errors import UnlearnkitError
+from .storage import write_text_atomic
 
 SCHEMA_VERSION = 1
 KEY_METRICS = (
@@ -119,47 +118,10 @@ def build_results(
     return to_jsonable(doc)
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable on POSIX; a no-op where directories cannot be opened."""
-    flag = getattr(os, "O_DIRECTORY", None)
-    if flag is None:
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY | flag)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to a temp file next to ``path``, fsync it, then ``os.replace`` it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError):
-            raise UnlearnkitError(
-                f"cannot write {path}: {exc.strerror or exc}; check that the directory is writable"
-            ) from exc
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON, atomically; NaN/inf become null so the file is always valid."""
     text = json.dumps(to_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False)
-    return _write_text_atomic(path, text + "\n")
+    return write_text_atomic(path, text + "\n")
 
 
 def _check_schema(obj: Any, path: Path) -> None:
@@ -607,7 +569,7 @@ def render_html(results: Mapping[str, Any]) -> str:
 
 def write_html(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write ``render_html(results)`` to ``path`` atomically; returns the path."""
-    return _write_text_atomic(path, render_html(results))
+    return write_text_atomic(path, render_html(results))
 
 
 # --------------------------------------------------------------------------- text summary
@@ -780,4 +742,4 @@ def render_audit_html(doc: Mapping[str, Any]) -> str:
 
 def write_audit_html(doc: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write ``render_audit_html(doc)`` to ``path`` atomically; returns the path."""
-    return _write_text_atomic(path, render_audit_html(doc))
+    return write_text_atomic(path, render_audit_html(doc))

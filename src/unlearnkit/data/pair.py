@@ -44,9 +44,20 @@ class PairedData:
         return -(-len(self.forget) // batch_size)
 
     def batches(
-        self, batch_size: int, *, seed: int, rank: int = 0, world: int = 1
+        self, batch_size: int, *, seed: int, rank: int = 0, world: int = 1, start: int = 0
     ) -> Iterator[dict[str, dict[str, torch.Tensor]]]:
-        """Endless stream of {"forget": ..., <extra views>..., "retain": ...} batches."""
+        """Endless stream of {"forget": ..., <extra views>..., "retain": ...} batches; ``start``
+        skips that many batches without building them (a resumed run continues where it stopped)."""
+        for i, (idx, r_idx) in enumerate(self._batch_indices(batch_size, seed=seed, rank=rank, world=world)):
+            if i < start:
+                continue
+            batch = self.forget_batch(idx)
+            if r_idx:
+                batch["retain"] = collate([self.retain[j] for j in r_idx], self.pad_id)
+            yield batch
+
+    def _batch_indices(self, batch_size: int, *, seed: int, rank: int, world: int) -> Iterator[tuple[list[int], list[int]]]:
+        """Endless (forget indices, retain indices) of this process's slice of each global batch."""
         rng = random.Random(seed)
         retain_order: list[int] = []
         epoch = 0
@@ -54,20 +65,15 @@ class PairedData:
             order = list(range(len(self.forget)))
             random.Random(seed * 1_000_003 + epoch).shuffle(order)
             epoch += 1
-            for start in range(0, len(order), batch_size):
-                full = order[start : start + batch_size]
-                idx = full[rank::world] or full[:1]
-                batch = self.forget_batch(idx)
-                if self.retain:
-                    r_full = []  # drawn for the whole global batch, then sliced like the forget one
-                    for _ in range(len(full)):
-                        if not retain_order:
-                            retain_order = list(range(len(self.retain)))
-                            rng.shuffle(retain_order)
-                        r_full.append(retain_order.pop())
-                    r_idx = r_full[rank::world] or r_full[:1]
-                    batch["retain"] = collate([self.retain[j] for j in r_idx], self.pad_id)
-                yield batch
+            for begin in range(0, len(order), batch_size):
+                full = order[begin : begin + batch_size]
+                r_full = []  # drawn for the whole global batch, then sliced like the forget one
+                for _ in range(len(full) if self.retain else 0):
+                    if not retain_order:
+                        retain_order = list(range(len(self.retain)))
+                        rng.shuffle(retain_order)
+                    r_full.append(retain_order.pop())
+                yield full[rank::world] or full[:1], r_full[rank::world] or r_full[:1]
 
     def forget_batch(self, idx: list[int]) -> dict[str, dict[str, torch.Tensor]]:
         """All views of the forget examples ``idx``, collated (with their ref_logp when computed)."""
