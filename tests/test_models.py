@@ -66,6 +66,64 @@ def test_pickle_only_dir_refused_unless_allowed(tmp_path):
     assert check_model_dir(tmp_path, allow_pickle=True) == tmp_path
 
 
+class _Evil:
+    """Unpickling this runs a shell command that creates a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def pickle_dir(tiny_model_dir, tmp_path):
+    """A copy of the tiny model whose weights are a pickle (pytorch_model.bin) instead of safetensors."""
+    import shutil
+
+    d = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, d)
+    (d / "model.safetensors").unlink()
+    return d
+
+
+def test_malicious_pickle_is_refused_and_runs_nothing(pickle_dir, tmp_path, capsys):
+    from unlearnkit.cli import main
+
+    marker = tmp_path / "pwned"
+    torch.save({"model.embed_tokens.weight": _Evil(marker)}, pickle_dir / "pytorch_model.bin")
+    with pytest.raises(ModelError, match="only pickle weights"):
+        load_model(pickle_dir)
+    with pytest.raises(ModelError, match="refused the pickle weights .* objects other than tensors"):
+        load_model(pickle_dir, allow_pickle=True)  # even when allowed: torch.load(weights_only=True)
+    assert main(["eval", "--model", str(pickle_dir), "model.allow_pickle=true", "--no-progress"]) == 2
+    assert "refused the pickle weights" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_plain_pickle_loads_when_allowed(pickle_dir, _tiny_model_pristine):
+    state = {k: v.clone() for k, v in _tiny_model_pristine.state_dict().items()}
+    torch.save(state, pickle_dir / "pytorch_model.bin")
+    loaded = load_model(pickle_dir, allow_pickle=True).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+
+
+def test_remote_code_is_refused_unless_trusted(tiny_model_dir, tmp_path):
+    import shutil
+
+    d, marker = tmp_path / "custom", tmp_path / "pwned"
+    shutil.copytree(tiny_model_dir, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(model_type="evil", auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"})
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "evil.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
+    with pytest.raises(ModelError, match="trust_remote_code=True"):
+        load_model(d)
+    assert not marker.exists()
+
+
 def test_safetensors_index_counts_as_weights(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "model.safetensors.index.json").write_text("{}")

