@@ -9,7 +9,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import asdict, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +83,21 @@ def _warn_overlap(forget: list[Example], retain: list[Example]) -> None:
                       "pull them back - remove them from the retain file", stacklevel=3)
 
 
-def unlearn(cfg: UnlearnConfig) -> TrainResult:
-    """Unlearn ``cfg.data.forget`` from ``cfg.model`` with ``cfg.method``; save to ``cfg.out``."""
+def _probabilities(model: Any, data: Any) -> dict[str, float | None]:
+    """Forget / retain answer probabilities (TOFU's exp(-mean NLL)) for the deletion record."""
+    from .guards import retain_prob
+    from .train import forget_prob
+
+    return {"forget_prob": forget_prob(model, data), "retain_prob": retain_prob(model, data) if data.retain else None}
+
+
+def unlearn(cfg: UnlearnConfig, *, request_id: str | None = None, previous_record: str | None = None,
+            audit: dict[str, Any] | None = None) -> TrainResult:
+    """Unlearn ``cfg.data.forget`` from ``cfg.model`` with ``cfg.method``; save to ``cfg.out`` with a
+    deletion record (``record.json``: :mod:`unlearnkit.deletion`). ``request_id`` / ``previous_record``
+    (the sha256 of the previous record) chain sequential requests; ``audit`` is stored as given."""
+    from .deletion import build_record, finish_record
+
     out = _check_out(cfg.out)
     method = build_method(cfg.method, cfg.method_args)
     forget = load_examples(_require(cfg.data.forget, "data.forget (--forget FILE)"), keys=cfg.data.keys)
@@ -98,6 +111,7 @@ def unlearn(cfg: UnlearnConfig) -> TrainResult:
     model = maybe_add_lora(model, cfg.model.lora)
     data = build_paired(method, forget, retain, tok, template=cfg.data.template,
                         max_length=cfg.data.max_length, seed=cfg.train.seed)
+    before = _probabilities(model, data)
     train = _with_checkpoints(cfg.train, out)
     result = run_method(model, method, data, train, ref=ref, log_path=_log_path(out), desc=f"unlearn:{cfg.method}")
     card = {"title": f"Unlearned with unlearnkit ({cfg.method})", "base_model": cfg.model.path,
@@ -106,7 +120,13 @@ def unlearn(cfg: UnlearnConfig) -> TrainResult:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "train_steps": result.steps,
             "stopped_early": result.stopped_early, "stop_reason": result.stop_reason}
     if result.is_main_process:
-        save_model(model, tok, out, card=card)
+        record = build_record(forget=forget, retain=retain, input_dir=cfg.model.path, method=cfg.method,
+                              method_args=asdict(method) if is_dataclass(method) else dict(cfg.method_args),
+                              config=asdict(cfg), seed=cfg.train.seed, request_id=request_id,
+                              previous=previous_record, audit=audit,
+                              metrics={"before": before, "after": _probabilities(model, data),
+                                       "train_steps": result.steps, "stopped_early": result.stopped_early})
+        save_model(model, tok, out, card=card, extra=lambda stage: finish_record(record, stage, out))
         _drop_checkpoints(train)
     return result
 

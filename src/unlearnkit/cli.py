@@ -152,6 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "cache default ~/.cache/unlearnkit)")
     ig.add_argument("--force", action="store_true", help="convert again even if the output directory exists")
     ig.add_argument("--no-progress", action="store_true")
+    rq = sub.add_parser("requests", help="deletion requests: apply a queue of them in sequence with a hash-chained "
+                        "record per request, or verify such a chain (records procedure, not proof of erasure)")
+    rqs = rq.add_subparsers(dest="requests_cmd", required=True, metavar="{process,verify}")
+    rp = rqs.add_parser("process", help="unlearn each request file of QUEUE in name order, each from the previous "
+                        "output; OUT gets models/, records/ and chain.json; already processed requests are skipped")
+    rp.add_argument("queue", help="a folder of request files (.json/.jsonl/.csv/.parquet records to forget)")
+    _common(rp)
+    _resumable(rp)
+    rp.add_argument("--retain", help="records to keep (used by every request)")
+    rp.add_argument("--method", help="method name (see `unlearnkit ls methods`)")
+    rp.add_argument("--keep-models", choices=("all", "last"), default="all",
+                    help="last: delete each intermediate model once the next is saved (records keep its hashes)")
+    rv = rqs.add_parser("verify", help="re-hash a request chain: records, links, input = previous output, weights")
+    rv.add_argument("chain", help="the OUT folder of `unlearnkit requests process`")
     return ap
 
 
@@ -463,12 +477,35 @@ def cmd_models(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_requests(ns: argparse.Namespace) -> int:
+    from .deletion import DISCLAIMER, process_queue, RequestsConfig, verify_chain
+
+    if ns.requests_cmd == "verify":
+        result = verify_chain(ns.chain)
+        for c in result.checks:
+            print(f"{'ok  ' if c.ok else 'FAIL'} {c.what}" + ("" if c.ok or not c.detail else f": {c.detail}"))
+        print(f"chain {'verified' if result.ok else 'BROKEN'}: {sum(c.ok for c in result.checks)}/{len(result.checks)} "
+              f"checks passed. {DISCLAIMER}")
+        return 0 if result.ok else 1
+    from .config import UnlearnConfig
+
+    unlearn_cfg = _config(UnlearnConfig, ns.args)
+    _model_flags(unlearn_cfg, ns)
+    unlearn_cfg.data.retain = ns.retain or unlearn_cfg.data.retain
+    unlearn_cfg.method = ns.method or unlearn_cfg.method
+    chain = process_queue(RequestsConfig(queue=ns.queue, out=ns.out or "", keep_models=ns.keep_models,
+                                         unlearn=unlearn_cfg), progress=not ns.no_progress)
+    print(f"{len(chain['entries'])} request(s) in the chain -> {ns.out}/chain.json "
+          f"(check it with `unlearnkit requests verify {ns.out}`)")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo, "finetune": cmd_finetune, "unlearn": cmd_unlearn, "eval": cmd_eval,
     "ls": cmd_ls, "report": cmd_report, "compare": cmd_compare, "bench": cmd_bench, "annotate": cmd_annotate,
     "update": cmd_update, "depn": cmd_depn, "pcgu": cmd_pcgu,
     "quark": cmd_quark, "dro": cmd_dro, "audit": cmd_audit, "models": cmd_models,
-    "demo-real": cmd_demo_real,
+    "demo-real": cmd_demo_real, "requests": cmd_requests,
 }
 
 

@@ -13,7 +13,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -202,10 +202,12 @@ def save_model(
     out_dir: str | os.PathLike,
     *,
     card: dict[str, Any] | None = None,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Save model + tokenizer (+ a README model card) atomically: staged in a hidden sibling directory,
     every file fsynced, a ``manifest.json`` of sha256 hashes written last, then renamed into place
-    (:func:`unlearnkit.storage.staged_dir`), so an interrupted save never leaves a half-written model."""
+    (:func:`unlearnkit.storage.staged_dir`), so an interrupted save never leaves a half-written model.
+    ``extra(stage)`` may add files once the weights are written (the deletion record hashes them)."""
     from .storage import staged_dir
 
     out = Path(out_dir)
@@ -219,6 +221,8 @@ def save_model(
             if card is not None:
                 (stage / "README.md").write_text(model_card(card), encoding="utf-8")
                 (stage / "unlearnkit.json").write_text(json.dumps(card, indent=2, default=str))
+            if extra is not None:
+                extra(stage)
     except OSError as exc:
         raise ModelError(f"cannot write the model to '{out}': {exc.strerror or exc}; choose another --out") from exc
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -50,11 +51,13 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     if p.is_dir():
         return _read_datasets_dir(p)
     suffix = p.suffix.lower()
-    if suffix in (".json", ".jsonl"):
-        return _read_json(p)
-    if suffix == ".csv":
-        with p.open(newline="", encoding="utf-8") as fh:
-            return [dict(r) for r in csv.DictReader(fh)]
+    try:
+        if suffix in (".json", ".jsonl"):
+            return _read_json(p)
+        if suffix == ".csv":
+            return _read_csv(p)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"'{p}' is not UTF-8 text (byte {exc.start}: {exc.reason}); save the file as UTF-8") from exc
     if suffix == ".parquet":
         import pandas as pd
 
@@ -65,8 +68,17 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     raise DataError(f"'{p}': unsupported file type '{suffix}'; use {SUPPORTED}")
 
 
+def _read_csv(p: Path) -> list[dict[str, Any]]:
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long answers are fine (the default cap is 128 KiB)
+    with p.open(newline="", encoding="utf-8-sig") as fh:
+        try:
+            return [dict(r) for r in csv.DictReader(fh)]
+        except csv.Error as exc:
+            raise DataError(f"'{p}' is not a readable CSV file: {exc}; check its quoting and remove NUL bytes") from exc
+
+
 def _read_json(p: Path) -> list[dict[str, Any]]:
-    text = p.read_text(encoding="utf-8")
+    text = p.read_text(encoding="utf-8-sig")  # a leading byte-order mark is dropped
     stripped = text.lstrip()
     if not stripped:
         return []
@@ -75,6 +87,8 @@ def _read_json(p: Path) -> list[dict[str, Any]]:
             rows = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(f"'{p}' is not valid JSON (line {exc.lineno}): {exc.msg}") from exc
+        except RecursionError as exc:
+            raise DataError(f"'{p}' is nested too deeply to be a list of records") from exc
         return list(rows)
     rows = []
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -82,6 +96,8 @@ def _read_json(p: Path) -> list[dict[str, Any]]:
             continue
         try:
             rows.append(json.loads(line))
+        except RecursionError as exc:
+            raise DataError(f"'{p}' line {lineno} is nested too deeply to be a record") from exc
         except json.JSONDecodeError as exc:
             raise DataError(
                 f"'{p}' line {lineno} is not valid JSON ({exc.msg}); expected one JSON object "
@@ -127,6 +143,11 @@ def _field(row: dict, key: str, i: int, path: Any, *, required: bool) -> str | N
         return None
     if not isinstance(value, str):
         raise DataError(f"'{path}' row {i}: '{key}' must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate such as "\ud800" from a JSON escape
+        raise DataError(f"'{path}' row {i}: '{key}' holds an invalid character at position {exc.start} "
+                        "(a lone UTF-16 surrogate); fix the text") from exc
     if not required and not value.strip():  # an empty optional cell (csv) is a missing value
         return None
     if required and not value.strip():
