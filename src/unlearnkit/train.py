@@ -189,12 +189,13 @@ def run(
     started = time.perf_counter()
     if method.needs_ref_model and ref is None:
         raise ConfigError(f"{type(method).__name__} needs a frozen reference model: pass ref=frozen_copy(model)")
+    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
+    model.to(acc.device)  # the pre-pass and method.prepare run on the training device
     method.prepare(model, data, cfg)
     resume_from = _resume_point(cfg)
     ref_key = ckpt.ref_cache_key(data, method.ref_logp_views, model) if method.ref_logp_views else None
     if method.ref_logp_views and resume_from is None:  # a checkpoint carries them (same cache key)
         reference_prepass(model, data, method.ref_logp_views)
-    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
     try:
         method.select_params(model)
         params = [p for p in model.parameters() if p.requires_grad]
