@@ -202,3 +202,16 @@ def method_inputs(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture
 def table_lm():
     return TableLM
+
+
+@pytest.fixture
+def qa_files(tiny_examples, tmp_path):
+    """[forget.jsonl, retain.jsonl] of the tiny examples (question / answer rows), for CLI tests."""
+    import json
+
+    paths = []
+    for name, exs in zip(("forget", "retain"), tiny_examples):
+        p = tmp_path / f"{name}.jsonl"
+        p.write_text("\n".join(json.dumps({"question": e.question, "answer": e.answer}) for e in exs))
+        paths.append(p)
+    return paths

@@ -167,46 +167,35 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
-def _args(model_dir: Path, files: list[Path], out: Path) -> list[str]:
-    return ["unlearn", "--model", str(model_dir), "--forget", str(files[0]), "--retain", str(files[1]),
+def _args(model_dir: Path, qa_files: list[Path], out: Path) -> list[str]:
+    return ["unlearn", "--model", str(model_dir), "--forget", str(qa_files[0]), "--retain", str(qa_files[1]),
             "--method", "npo", "--out", str(out), "--no-progress", "--checkpoint-every", "2",
             "train.max_steps=7", "train.batch_size=4", "train.lr=3e-3", "train.threads=1"]
 
 
 @pytest.fixture
-def files(tiny_examples, tmp_path):
-    forget, retain = tiny_examples
-    paths = []
-    for name, exs in (("forget", forget), ("retain", retain)):
-        p = tmp_path / f"{name}.jsonl"
-        p.write_text("\n".join(json.dumps({"question": e.question, "answer": e.answer}) for e in exs))
-        paths.append(p)
-    return paths
-
-
-@pytest.fixture
-def straight_run(tiny_model_dir, files, tmp_path):
+def straight_run(tiny_model_dir, qa_files, tmp_path):
     out = tmp_path / "straight"
-    assert main(_args(tiny_model_dir, files, out)) == 0
+    assert main(_args(tiny_model_dir, qa_files, out)) == 0
     assert not Path(f"{out}.checkpoints").exists()  # removed once the output is saved
     return load_file(out / "model.safetensors")
 
 
 @pytest.mark.parametrize("where, at, expect_ckpts", [("step", 6, ["step-00000002", "step-00000004"]),
                                                       ("save", 4, ["step-00000002"])])
-def test_sigkill_then_resume_is_bit_identical(tiny_model_dir, files, tmp_path, straight_run, where, at,
+def test_sigkill_then_resume_is_bit_identical(tiny_model_dir, qa_files, tmp_path, straight_run, where, at,
                                               expect_ckpts):
     out = tmp_path / f"killed-{where}"
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(script), where, str(at), *_args(tiny_model_dir, files, out)],
+    proc = subprocess.run([sys.executable, str(script), where, str(at), *_args(tiny_model_dir, qa_files, out)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]  # really killed
     root = Path(f"{out}.checkpoints")
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == expect_ckpts
     assert not out.exists()  # no output from a killed run
-    assert main(_args(tiny_model_dir, files, out) + ["--resume"]) == 0
+    assert main(_args(tiny_model_dir, qa_files, out) + ["--resume"]) == 0
     resumed = load_file(out / "model.safetensors")
     assert resumed.keys() == straight_run.keys()
     assert all(torch.equal(resumed[k], straight_run[k]) for k in resumed)

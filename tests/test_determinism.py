@@ -31,15 +31,10 @@ def _run(tmp_path, name, tiny_model_dir, files, data_dir):
     return json.loads((out / "results.json").read_text()), load_file(out / "model" / "model.safetensors")
 
 
-def test_two_deterministic_runs_are_identical(tiny_model_dir, tmp_path, tiny_examples):
+def test_two_deterministic_runs_are_identical(tiny_model_dir, tmp_path, qa_files):
     from unlearnkit.data.synthetic import write_tofu_layout
 
-    forget, retain = tiny_examples
-    files = []
-    for name, exs in (("forget", forget), ("retain", retain)):
-        p = tmp_path / f"{name}.jsonl"
-        p.write_text("\n".join(json.dumps({"question": e.question, "answer": e.answer}) for e in exs))
-        files.append(p)
+    files = qa_files
     data_dir = tmp_path / "tofu"
     write_tofu_layout(data_dir, n_people=10, facts_per_person=3, forget_percents=(10,))
     (doc_a, w_a), (doc_b, w_b) = (_run(tmp_path, n, tiny_model_dir, files, data_dir) for n in ("a", "b"))

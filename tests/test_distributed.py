@@ -40,22 +40,11 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "UNLEARNKIT_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
-@pytest.fixture
-def files(tiny_examples, tmp_path):
-    forget, retain = tiny_examples
-    out = []
-    for name, exs in (("forget", forget), ("retain", retain)):
-        p = tmp_path / f"{name}.jsonl"
-        p.write_text("\n".join(json.dumps({"question": e.question, "answer": e.answer}) for e in exs))
-        out.append(p)
-    return out
-
-
-def test_two_processes_stay_in_sync(tiny_model_dir, files, tmp_path):
+def test_two_processes_stay_in_sync(tiny_model_dir, qa_files, tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(SCRIPT)
     out = subprocess.run([_torchrun(), "--standalone", "--nproc_per_node", "2", str(script),
-                          str(tiny_model_dir), str(files[0]), str(files[1]), str(tmp_path)],
+                          str(tiny_model_dir), str(qa_files[0]), str(qa_files[1]), str(tmp_path)],
                          capture_output=True, text=True, env=_env(), timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [(tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1)]
@@ -63,10 +52,10 @@ def test_two_processes_stay_in_sync(tiny_model_dir, files, tmp_path):
     assert rows[0][3] == rows[1][3]  # identical weights on both ranks after 3 DDP steps
 
 
-def test_cli_under_torchrun_saves_once(tiny_model_dir, files, tmp_path):
+def test_cli_under_torchrun_saves_once(tiny_model_dir, qa_files, tmp_path):
     out_dir = tmp_path / "unlearned"
     out = subprocess.run([_torchrun(), "--standalone", "--nproc_per_node", "2", "-m", "unlearnkit.cli",
-                          "unlearn", "--model", str(tiny_model_dir), "--forget", str(files[0]), "--retain", str(files[1]),
+                          "unlearn", "--model", str(tiny_model_dir), "--forget", str(qa_files[0]), "--retain", str(qa_files[1]),
                           "--method", "npo", "train.max_steps=2", "train.batch_size=4", "--out", str(out_dir),
                           "--no-progress"], capture_output=True, text=True, env=_env(), timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -76,13 +65,13 @@ def test_cli_under_torchrun_saves_once(tiny_model_dir, files, tmp_path):
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
 
 
-def _unlearn_args(model_dir, files, out) -> list[str]:
-    return ["unlearn", "--model", str(model_dir), "--forget", str(files[0]), "--retain", str(files[1]),
+def _unlearn_args(model_dir, qa_files, out) -> list[str]:
+    return ["unlearn", "--model", str(model_dir), "--forget", str(qa_files[0]), "--retain", str(qa_files[1]),
             "--method", "npo", "--out", str(out), "--no-progress", "train.max_steps=4", "train.batch_size=4",
             "train.lr=3e-3"]
 
 
-def test_accelerate_launch_matches_one_process(tiny_model_dir, files, tmp_path):
+def test_accelerate_launch_matches_one_process(tiny_model_dir, qa_files, tmp_path):
     """`accelerate launch` with the shipped 2-process CPU config (gloo) vs one process, same global
     batch: the forget / retain answer probabilities after unlearning (record.json) agree within 1 %
     relative. Weights are not compared bit for bit: DDP averages per-process token means, so the
@@ -91,11 +80,11 @@ def test_accelerate_launch_matches_one_process(tiny_model_dir, files, tmp_path):
     config = Path(__file__).parents[1] / "configs" / "accelerate" / "cpu_2proc.yaml"
     accelerate = Path(sys.executable).with_name("accelerate")
     one, two = tmp_path / "one", tmp_path / "two"
-    run_one = subprocess.run([sys.executable, "-m", "unlearnkit.cli", *_unlearn_args(tiny_model_dir, files, one)],
+    run_one = subprocess.run([sys.executable, "-m", "unlearnkit.cli", *_unlearn_args(tiny_model_dir, qa_files, one)],
                              capture_output=True, text=True, env=_env(), timeout=300)
     assert run_one.returncode == 0, run_one.stderr[-2000:]
     run_two = subprocess.run([str(accelerate), "launch", "--config_file", str(config), "--main_process_port", "0",
-                              "-m", "unlearnkit.cli", *_unlearn_args(tiny_model_dir, files, two)],
+                              "-m", "unlearnkit.cli", *_unlearn_args(tiny_model_dir, qa_files, two)],
                              capture_output=True, text=True, env=_env(), timeout=300)
     assert run_two.returncode == 0, run_two.stderr[-2000:]
     after = [json.loads((d / "record.json").read_text())["metrics"]["after"] for d in (one, two)]
