@@ -117,3 +117,16 @@ def test_bad_queues_fail_before_any_model_changes(tiny_model_dir, queue, tmp_pat
     assert "has no request files" in capsys.readouterr().err
     assert main(["requests", "verify", str(tmp_path)]) == 2
     assert "holds no chain.json" in capsys.readouterr().err
+
+
+def test_audit_results_go_into_the_record(tiny_model_dir, queue, tmp_path, capsys):
+    q, retain = queue
+    out = tmp_path / "chain"
+    assert _process(q, retain, tiny_model_dir, out, "--audit", "quantize") == 0
+    rec = json.loads((out / "records/002.json").read_text())
+    assert rec["audit"]["file"] == "audits/002.json" and set(rec["audit"]["recovery_ratio"]) == {"quantize"}
+    assert rec["audit"]["sha256"] == sha256_file(out / "audits/002.json")
+    assert verify_chain(out).ok and verify_manifest(out / "models/002") is None
+    (out / "audits/002.json").write_text("{}")
+    assert main(["requests", "verify", str(out)]) == 1
+    assert "FAIL 002 002-bob.jsonl: audit file matches the record" in capsys.readouterr().out

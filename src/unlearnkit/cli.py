@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--method", help="method name (see `unlearnkit ls methods`)")
     rp.add_argument("--keep-models", choices=("all", "last"), default="all",
                     help="last: delete each intermediate model once the next is saved (records keep its hashes)")
+    rp.add_argument("--audit", default="", help="attacks to run on each output against its input, comma-separated "
+                    "(e.g. relearn,quantize); their recovery ratios go into the record")
     rv = rqs.add_parser("verify", help="re-hash a request chain: records, links, input = previous output, weights")
     rv.add_argument("chain", help="the OUT folder of `unlearnkit requests process`")
     return ap
@@ -493,7 +495,8 @@ def cmd_requests(ns: argparse.Namespace) -> int:
     _model_flags(unlearn_cfg, ns)
     unlearn_cfg.data.retain = ns.retain or unlearn_cfg.data.retain
     unlearn_cfg.method = ns.method or unlearn_cfg.method
-    chain = process_queue(RequestsConfig(queue=ns.queue, out=ns.out or "", keep_models=ns.keep_models,
+    audit = [a.strip() for a in ns.audit.split(",") if a.strip()]
+    chain = process_queue(RequestsConfig(queue=ns.queue, out=ns.out or "", keep_models=ns.keep_models, audit=audit,
                                          unlearn=unlearn_cfg), progress=not ns.no_progress)
     print(f"{len(chain['entries'])} request(s) in the chain -> {ns.out}/chain.json "
           f"(check it with `unlearnkit requests verify {ns.out}`)")

@@ -111,6 +111,7 @@ class RequestsConfig:
     queue: str = ""  # a folder of request files (json / jsonl / csv / parquet records), taken in name order
     out: str = ""  # the chain folder: models/, records/, chain.json
     keep_models: str = "all"  # all | last (intermediate models deleted; their records and hashes stay)
+    audit: list[str] = field(default_factory=list)  # attacks run on each output (vs its input); [] = none
     # model.path = the model the first request applies to; data.retain, method, train: for every request
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
 
@@ -177,6 +178,8 @@ def process_queue(cfg: RequestsConfig, *, progress: bool = True) -> dict[str, An
         if progress:
             print(f"request {n}: {rid} -> {out / model_rel}", flush=True)
         api.unlearn(step, request_id=rid, previous_record=prev["record_sha256"] if prev else None)
+        if cfg.audit:
+            _audit_into_record(cfg, out, n, out / model_rel, start, f)
         (out / "records").mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / record_rel, (out / model_rel / RECORD).read_text(encoding="utf-8"))
         chain["entries"].append({"request_id": rid, "request_file": str(f.resolve()), "request_file_sha256": sha256_file(f),
@@ -186,6 +189,25 @@ def process_queue(cfg: RequestsConfig, *, progress: bool = True) -> dict[str, An
         if cfg.keep_models == "last" and prev and (out / prev["model_dir"]).is_dir():
             shutil.rmtree(out / prev["model_dir"])
     return chain
+
+
+def _audit_into_record(cfg: RequestsConfig, out: Path, n: int, model_dir: Path, start: str, request: Path) -> None:
+    """Run ``cfg.audit`` on a request's output (the input model as the reference), write the audit to
+    ``audits/NNN.json`` and its summary + sha256 into the model's record (manifest refreshed)."""
+    from .audit import AuditConfig, run_audit
+    from .storage import refresh_manifest
+
+    audit_path = out / "audits" / f"{n:03d}.json"
+    acfg = AuditConfig(reference=start, forget=str(request), retain=cfg.unlearn.data.retain or "",
+                       attacks=list(cfg.audit), progress=False, out=str(audit_path), seed=cfg.unlearn.train.seed)
+    acfg.model.path = str(model_dir)
+    doc = run_audit(acfg)
+    rec = json.loads((model_dir / RECORD).read_text(encoding="utf-8"))
+    rec["audit"] = {"file": audit_path.relative_to(out).as_posix(), "sha256": sha256_file(audit_path),
+                    "max_recovery_ratio": doc["max_recovery_ratio"], "skipped": sorted(doc["skipped"]),
+                    "recovery_ratio": {name: a["unlearned"]["recovery_ratio"] for name, a in doc["attacks"].items()}}
+    write_text_atomic(model_dir / RECORD, json.dumps(rec, indent=2, ensure_ascii=False, default=str) + "\n")
+    refresh_manifest(model_dir, [RECORD])
 
 
 # --------------------------------------------------------------------------------------- verifying
@@ -251,6 +273,11 @@ def verify_chain(out: str | os.PathLike) -> Verification:
             v.add(f"{label}: input = previous output", weights_in == prev_out,
                   "" if weights_in == prev_out else "the request was applied to other weights than the previous output")
         prev_out = (rec.get("output_model") or {}).get("weights_sha256")
+        audit = rec.get("audit") or {}
+        if audit.get("file"):
+            audit_file = out / audit["file"]
+            same = audit_file.is_file() and sha256_file(audit_file) == audit.get("sha256")
+            v.add(f"{label}: audit file matches the record", same, "" if same else f"{audit_file} missing or changed")
         model_dir = out / entry["model_dir"]
         if model_dir.is_dir():
             now = weights_sha256(model_dir)
