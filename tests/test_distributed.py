@@ -92,3 +92,50 @@ def test_accelerate_launch_matches_one_process(tiny_model_dir, qa_files, tmp_pat
         assert after[1][key] == pytest.approx(after[0][key], rel=0.01), key
     before = json.loads((one / "record.json").read_text())["metrics"]["before"]
     assert after[0]["forget_prob"] < 0.9 * before["forget_prob"]  # both really unlearned
+
+
+NAN_ON_RANK1 = """
+import sys
+from dataclasses import dataclass
+from accelerate import PartialState
+from unlearnkit.data.pair import build_paired
+from unlearnkit.data.records import load_examples
+from unlearnkit.errors import TrainingDiverged
+from unlearnkit.methods.base import LossOutput, Method
+from unlearnkit.models import load_model, load_tokenizer
+from unlearnkit.train import TrainConfig, run
+state = PartialState(cpu=True)
+
+@dataclass
+class NaNOnRank1(Method):
+    calls: int = 0
+    @property
+    def needs_retain(self):
+        return False
+    def loss(self, model, batch, ref):
+        self.calls += 1
+        out = model(input_ids=batch["forget"]["input_ids"]).logits.mean()
+        return LossOutput(out * float("nan") if state.process_index == 1 and self.calls >= 2 else out, {})
+
+model_dir, forget, out_dir = sys.argv[1:4]
+model, tok = load_model(model_dir), load_tokenizer(model_dir)
+data = build_paired(None, load_examples(forget), [], tok)
+try:
+    run(model, NaNOnRank1(), data, TrainConfig(lr=1e-3, max_steps=5, batch_size=4, progress=False, threads=1))
+    msg = "finished"
+except TrainingDiverged as exc:
+    msg = str(exc).split(";")[0]
+with open(f"{out_dir}/rank{state.process_index}.txt", "w") as fh:
+    fh.write(msg)
+"""
+
+
+def test_nan_on_one_process_stops_both(tiny_model_dir, qa_files, tmp_path):
+    """A NaN on rank 1 only: both processes stop at the same step (no rank left waiting in an all-reduce)."""
+    script = tmp_path / "nan.py"
+    script.write_text(NAN_ON_RANK1)
+    out = subprocess.run([_torchrun(), "--standalone", "--nproc_per_node", "2", str(script), str(tiny_model_dir),
+                          str(qa_files[0]), str(tmp_path)], capture_output=True, text=True, env=_env(), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "rank1.txt").read_text().startswith("loss became non-finite at step 2")
+    assert (tmp_path / "rank0.txt").read_text() == "another process stopped the run at step 2 (a guard tripped there)"

@@ -326,6 +326,8 @@ def _loop(model, method, data, cfg, acc, opt, sched, ref, n_steps, log_path, des
             bar.set_postfix({k: f"{v:.3g}" for k, v in terms.items()})
             evaluate = step % cfg.eval_every == 0
             why = _guard_trip(guards, step, record, model, data, evaluate)
+            if _any_process(acc, why is not None) and why is None:  # all processes stop together
+                why = f"another process stopped the run at step {step} (a guard tripped there)"
             if cfg.stop_forget_prob is not None and evaluate and why is None:
                 record["forget_prob"] = forget_prob(model, data)
                 if not result.stopped_early and record["forget_prob"] <= cfg.stop_forget_prob:
@@ -352,6 +354,14 @@ def _loop(model, method, data, cfg, acc, opt, sched, ref, n_steps, log_path, des
     result.seconds = time.perf_counter() - started
     result.is_main_process = acc.is_main_process
     return result
+
+
+def _any_process(acc: Any, flag: bool) -> bool:
+    """True when ``flag`` is true on any process (one all-reduce under several processes), so a
+    non-finite loss or a tripped guard on one process never leaves the others waiting forever."""
+    if acc.num_processes == 1:
+        return flag
+    return bool(acc.reduce(torch.tensor([float(flag)], device=acc.device), reduction="sum").item() > 0)
 
 
 def _guard_trip(guards: Guards, step: int, record: dict[str, Any], model: Any, data: PairedData,
@@ -386,7 +396,7 @@ def _one_step(model, method, stream, cfg, acc, opt, sched, ref, step) -> dict[st
         with acc.accumulate(model):
             out = method.loss(model, batch, ref)
             terms = {"loss": float(out.loss.detach()), **out.logs}
-            if nonfinite(terms):
+            if _any_process(acc, bool(nonfinite(terms))):  # every process skips the backward pass together
                 return terms
             acc.backward(out.loss)
             if acc.sync_gradients and cfg.max_grad_norm:
