@@ -63,8 +63,8 @@ def _with_checkpoints(train: TrainConfig, out: Path) -> TrainConfig:
 
 
 def _drop_checkpoints(train: TrainConfig) -> None:
-    """After the output is saved, its checkpoints are no longer needed: remove them (and the folder,
-    when nothing else is in it)."""
+    """After the output is saved, its checkpoints (and an earlier attempt's ``divergence.json``) are no
+    longer needed: remove them, and the folder when nothing else is in it."""
     root = Path(train.checkpoint_dir or "")
     if not train.checkpoint_dir or not root.is_dir():
         return
@@ -72,6 +72,7 @@ def _drop_checkpoints(train: TrainConfig) -> None:
         shutil.rmtree(step, ignore_errors=True)
     for stale in root.glob(".step-*"):  # stages of a killed save
         shutil.rmtree(stale, ignore_errors=True)
+    (root / "divergence.json").unlink(missing_ok=True)  # an earlier attempt's; this one succeeded
     with contextlib.suppress(OSError):
         root.rmdir()
 

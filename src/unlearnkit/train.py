@@ -204,7 +204,7 @@ def run(
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         n_steps = total_steps(cfg, data)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, n_steps))
-        run_ = _Run(cfg, ckpt.run_signature(cfg, method), ref_key, Guards.from_config(cfg, data))
+        run_ = _Run(ckpt.run_signature(cfg, method), ref_key, Guards.from_config(cfg, data))
         if resume_from is not None:
             ckpt.check_signature(ckpt.read_meta(resume_from), run_.signature, resume_from)
             run_.meta = ckpt.restore(resume_from, model=model, optimizer=opt, scheduler=sched, data=data,
@@ -275,7 +275,6 @@ class _Run:
     """What the loop carries for checkpoints and guards: the settings a resume must match, the
     reference log-prob key, the guards, and the metadata of the checkpoint resumed from (if any)."""
 
-    cfg: TrainConfig
     signature: dict[str, Any]
     ref_key: str | None
     guards: Guards
