@@ -126,7 +126,9 @@ def test_resume_refuses_other_settings(tiny_model, _tiny_model_pristine, make_pa
             _cfg(tmp_path, max_steps=3, resume=True))
 
 
-def test_resume_skips_a_corrupted_checkpoint(tiny_model, make_paired, tmp_path):
+def test_resume_skips_a_corrupted_checkpoint(tiny_model, _tiny_model_pristine, make_paired, tmp_path):
+    import copy
+
     run(tiny_model, NPO(), make_paired(NPO()), _cfg(tmp_path, checkpoint_every=2, max_steps=5))
     newest = tmp_path / "ckpt" / "step-00000004"
     raw = bytearray((newest / "model.safetensors").read_bytes())
@@ -135,6 +137,10 @@ def test_resume_skips_a_corrupted_checkpoint(tiny_model, make_paired, tmp_path):
     path, skipped = ckpt.latest_checkpoint(tmp_path / "ckpt")
     assert path.name == "step-00000002"
     assert skipped == [(newest, "model.safetensors: sha256 mismatch (corrupted)")]
+    with pytest.warns(UserWarning, match=r"skipped checkpoint .*step-00000004: model.safetensors: sha256 mismatch"):
+        res = run(copy.deepcopy(_tiny_model_pristine), NPO(), make_paired(NPO()),
+                  _cfg(tmp_path, checkpoint_every=2, max_steps=5, resume=True))
+    assert res.steps == 5 and [r["step"] for r in res.log] == [1, 2, 3, 4, 5]
 
 
 def test_resume_without_checkpoints_starts_from_step_0(tiny_model, make_paired, tmp_path, capsys):
