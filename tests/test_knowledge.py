@@ -10,6 +10,7 @@ from unlearnkit.data.format import PromptTemplate, collate, encode
 from unlearnkit.data.records import Example
 from unlearnkit.errors import DataError
 from unlearnkit.knowledge import (
+    accepted_answers,
     answer_in_generation,
     knowledge_accuracy,
     load_general_knowledge,
@@ -60,6 +61,20 @@ def test_normalise_and_whole_word_match():
     assert answer_in_generation("New Delhi", "It is new  DELHI, India")
     assert not answer_in_generation("New Delhi", "Delhi")
     assert not answer_in_generation("...", "anything ...")  # an answer with no words never matches
+
+
+def test_aliases_accept_other_forms_of_the_answer_only():
+    by_question = {ex.question: ex for ex in load_general_knowledge()}
+    egypt = by_question["On which continent is Egypt?"]
+    assert accepted_answers(egypt) == ["Africa", "African"]
+    said = "Egypt is located on the African continent."
+    assert not answer_in_generation(egypt.answer, said)
+    assert any(answer_in_generation(a, said) for a in accepted_answers(egypt))
+    for ex in by_question.values():  # no alias makes a false (perturbed) answer count
+        for wrong in ex.perturbed_answers:
+            assert not any(answer_in_generation(a, wrong) for a in accepted_answers(ex)), (ex.question, wrong)
+    with pytest.raises(DataError, match="'aliases' must be a list"):
+        accepted_answers(Example("Q?", "A", extras={"aliases": "African"}))
 
 
 def test_mc_correct_is_strict():

@@ -81,6 +81,17 @@ def answer_in_generation(answer: str, generation: str) -> bool:
     return bool(gold) and f" {gold} " in f" {normalise(generation)} "
 
 
+def accepted_answers(example: Example) -> list[str]:
+    """The gold answer and the record's optional ``aliases`` (other forms of the same answer, e.g. the
+    adjective "African" for "On which continent is Egypt?" -> "Africa", so "Egypt is on the African
+    continent." counts)."""
+    aliases = (example.extras or {}).get("aliases") or []
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a.strip() for a in aliases):
+        raise DataError(f"general-knowledge example {(example.question or '')[:60]!r}: 'aliases' must be a list of "
+                        "non-empty strings")
+    return [example.answer, *aliases]
+
+
 def mc_correct(avg_nll_para: Sequence[float] | np.ndarray, avg_nll_pert: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
     """(N,) bool: the true answer's mean token NLL (N,) is strictly below every perturbed one (N, K),
     i.e. it has the highest mean per-token log-likelihood of the K + 1 choices (ties count as wrong)."""
@@ -122,7 +133,8 @@ def knowledge_accuracy(
     finally:
         model.train(was_training)
     mc = mc_correct(probe.avg_nll, probe.avg_nll_pert)  # (N,), (N, K) with K = the fewest perturbed answers
-    gen = np.array([answer_in_generation(ex.answer, g) for ex, g in zip(examples, probe.generations)])
+    gen = np.array([any(answer_in_generation(a, g) for a in accepted_answers(ex))
+                    for ex, g in zip(examples, probe.generations)])
     return {
         "mc_accuracy": float(mc.mean()),
         "generation_accuracy": float(gen.mean()),
@@ -167,5 +179,5 @@ def perplexity(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int
     return _perplexity(sums, counts)
 
 
-__all__ = ["answer_in_generation", "knowledge_accuracy", "load_general_knowledge", "load_ordinary_text",
+__all__ = ["accepted_answers", "answer_in_generation", "knowledge_accuracy", "load_general_knowledge", "load_ordinary_text",
            "mc_correct", "normalise", "perplexity", "split_paragraphs"]
