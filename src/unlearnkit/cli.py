@@ -2,7 +2,8 @@
 
 Every subcommand accepts an optional YAML config first, then ``section.key=value`` overrides:
 ``unlearnkit unlearn configs/npo.yaml method.beta=0.2 train.lr=2e-5``. User errors print one
-clear line and exit with code 2; nothing half-written is left behind.
+clear line and exit with code 2; a run stopped by a divergence guard exits with code 3; nothing
+half-written is left behind.
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ EXAMPLES = """examples:
   unlearnkit ls methods
   unlearnkit compare runs/npo runs/grad_diff --out compare.html
   unlearnkit bench tofu configs/bench_tofu_tiny.yaml --data-dir ../shared/data/tofu --method grad_diff
+  unlearnkit unlearn ... --out unlearned/ --checkpoint-every 50 --resume
+  unlearnkit requests process queue/ --model target/ --retain retain90.json --out chain/
+  unlearnkit requests verify chain/
 """
 
 
