@@ -73,6 +73,8 @@ def test_queue_is_a_verifiable_chain(tiny_model_dir, queue, tmp_path, capsys):
     assert "chain verified: 10/10" in capsys.readouterr().out
 
     _write(q / "003-carol.jsonl", [Example("Who is Carol?", "A test person.")])  # a new request arrives
+    assert _process(q, retain, out / "models/001", out) == 2  # not the chain's starting model
+    assert "was started from the model" in capsys.readouterr().err
     assert _process(q, retain, tiny_model_dir, out) == 0
     again = json.loads((out / "chain.json").read_text())
     assert again["entries"][:2] == chain["entries"] and len(again["entries"]) == 3  # only the new one ran

@@ -157,7 +157,11 @@ def process_queue(cfg: RequestsConfig, *, progress: bool = True) -> dict[str, An
     for f in files:  # fail on a bad request before any model is changed
         load_examples(f, keys=cfg.unlearn.data.keys)
     chain = read_chain(out)
-    base = chain["base_model"] or cfg.unlearn.model.path
+    given = cfg.unlearn.model.path
+    if chain["base_model"] and given and Path(given).resolve() != Path(chain["base_model"]):
+        raise ConfigError(f"the chain in '{out}' was started from the model '{chain['base_model']}', not '{given}'; "
+                          "new requests continue from its last output: drop --model, or choose another --out")
+    base = chain["base_model"] or given
     if not base:
         raise ConfigError("model.path is not set; pass --model DIR (the model the first request applies to)")
     chain["base_model"] = str(Path(base).resolve())
