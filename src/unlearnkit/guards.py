@@ -1,13 +1,14 @@
 """Divergence guards of the training loop: stop a run that is wrecking the model, before it is saved.
 
 Non-finite losses always stop the run (:func:`nonfinite`). Three more guards are opt-in
-(``TrainConfig.guard_*``), checked every ``eval_every`` steps, and trip when
+(``TrainConfig.guard_*``) and trip when
 
-- the loss blows up: ``|loss| > guard_loss_blowup x |loss of step 1|`` (gradient ascent's -NLL
-  running off toward -inf is the typical case; Zhang et al. 2024 call it catastrophic collapse);
-- the retain set is being forgotten: its mean answer probability (TOFU's ``exp(-mean NLL)``, on at
-  most ``GUARD_RETAIN_N`` retain records) falls below ``guard_retain_prob_floor`` x its value before
-  the first step;
+- the loss blows up (checked every step): ``|loss| > guard_loss_blowup x |loss of step 1|``
+  (gradient ascent's -NLL running off toward -inf is the typical case; Zhang et al. 2024 call it
+  catastrophic collapse);
+- the retain set is being forgotten (checked every ``eval_every`` steps, as is the next one): its
+  mean answer probability (TOFU's ``exp(-mean NLL)``, on at most ``GUARD_RETAIN_N`` retain records)
+  falls below ``guard_retain_prob_floor`` x its value before the first step;
 - the model babbles: more than ``guard_gibberish_rate`` of its greedy answers to ``GUARD_GEN_N``
   retain questions are gibberish (:func:`is_gibberish`).
 
