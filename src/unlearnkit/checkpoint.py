@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, TrainingDiverged
-from .storage import staged_dir, verify_manifest
+from .storage import MANIFEST, staged_dir, verify_manifest
 
 FORMAT = 1
 STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -92,7 +92,7 @@ def save_checkpoint(
     guards: dict[str, Any] | None = None, keep: int = 2,
 ) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically (staged, fsynced, manifest, rename), then
-    delete all but the newest ``keep`` verified checkpoints. ``model`` is the unwrapped module."""
+    delete all but the newest ``keep`` finished checkpoints. ``model`` is the unwrapped module."""
     from safetensors.torch import save_model
 
     out = step_dir(root, step)
@@ -116,12 +116,11 @@ def _steps(root: Path) -> list[tuple[int, Path]]:
 
 
 def _prune(root: Path, keep: int) -> None:
-    kept = 0
-    for _, path in _steps(root):
-        if kept < max(1, keep) and verify_manifest(path) is None:
-            kept += 1
-        elif kept >= max(1, keep):
-            shutil.rmtree(path, ignore_errors=True)
+    """Delete all but the newest ``keep`` finished checkpoints (those with a manifest; the full
+    re-hash happens once, at resume, not after every save)."""
+    finished = [path for _, path in _steps(root) if (path / MANIFEST).is_file()]
+    for path in finished[max(1, keep):]:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def latest_checkpoint(root: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:

@@ -27,7 +27,6 @@ import torch
 
 from .data.format import collate
 from .errors import ConfigError
-from .logprobs import forward, mean_nll
 
 GUARD_RETAIN_N = 64  # retain records scored for the probability floor
 GUARD_GEN_N = 8  # retain questions answered for the gibberish rate
@@ -65,16 +64,13 @@ def jsonable_terms(record: dict[str, Any]) -> dict[str, Any]:
 @torch.no_grad()
 def retain_prob(model: Any, data: Any, n: int = GUARD_RETAIN_N, batch_size: int = 16) -> float:
     """Mean TOFU answer probability exp(-mean NLL) of the first ``n`` retain records."""
+    from .train import answer_prob
+
     device = next(model.parameters()).device
     items = data.retain[:n]
-    was_training = model.training
-    model.eval()
-    probs = []
-    for start in range(0, len(items), batch_size):
-        b = {k: t.to(device) for k, t in collate(items[start:start + batch_size], data.pad_id).items()}
-        probs.append(torch.exp(-mean_nll(forward(model, b).logits, b["labels"])).cpu())  # (B,)
-    model.train(was_training)
-    return float(torch.cat(probs).mean())
+    batches = ({k: t.to(device) for k, t in collate(items[i:i + batch_size], data.pad_id).items()}
+               for i in range(0, len(items), batch_size))
+    return answer_prob(model, batches)
 
 
 def gibberish_rate(model: Any, data: Any, n: int = GUARD_GEN_N, max_new_tokens: int = GUARD_GEN_TOKENS) -> float:

@@ -50,7 +50,7 @@ class TrainConfig:
     progress: bool = True
     threads: int | None = None  # torch threads; default = free cores
     checkpoint_every: int = 0  # steps between checkpoints (0 = none); unlearnkit.checkpoint
-    keep_checkpoints: int = 2  # newest verified checkpoints kept during the run
+    keep_checkpoints: int = 2  # newest finished checkpoints kept during the run (resume verifies them)
     checkpoint_dir: str | None = None  # the CLI / API use <out>.checkpoints (removed after a successful save)
     resume: bool = False  # continue from the newest verified checkpoint in checkpoint_dir (if any)
     guard_loss_blowup: float | None = None  # stop when |loss| > this x |loss of step 1| (unlearnkit.guards)
@@ -140,14 +140,19 @@ def reference_prepass(model: Any, data: PairedData, views: tuple[str, ...], batc
 
 
 @torch.no_grad()
-def forget_prob(model: Any, data: PairedData, batch_size: int = 32) -> float:
-    """Mean TOFU answer probability exp(-mean NLL) over the forget examples (early stopping)."""
+def answer_prob(model: Any, batches: Any) -> float:
+    """Mean TOFU answer probability exp(-mean NLL) over the examples of ``batches`` (eval mode)."""
     was_training = model.training
     model.eval()
-    probs = [torch.exp(-mean_nll(forward(model, b).logits, b["labels"])).cpu()
-             for b in _forget_views(model, data, "forget", batch_size)]
+    probs = [torch.exp(-mean_nll(forward(model, b).logits, b["labels"])).cpu() for b in batches]  # (B,) each
     model.train(was_training)
     return float(torch.cat(probs).mean())
+
+
+@torch.no_grad()
+def forget_prob(model: Any, data: PairedData, batch_size: int = 32) -> float:
+    """Mean TOFU answer probability over the forget examples (early stopping)."""
+    return answer_prob(model, _forget_views(model, data, "forget", batch_size))
 
 
 @torch.no_grad()
