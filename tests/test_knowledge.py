@@ -133,6 +133,15 @@ def test_knowledge_accuracy_needs_choices(tiny_model, tiny_tokenizer):
         knowledge_accuracy(tiny_model, tiny_tokenizer, [])
 
 
+def test_bad_aliases_fail_before_any_model_call(tiny_tokenizer):
+    def never_called(*args, **kwargs):
+        raise AssertionError("the model ran before the aliases were checked")
+
+    bad = Example("Q?", "A", "The answer is A.", ["The answer is B."], extras={"aliases": [""]})
+    with pytest.raises(DataError, match="'aliases' must be a list"):
+        knowledge_accuracy(never_called, tiny_tokenizer, [bad])
+
+
 def test_perplexity_of_tiny_model_is_finite(tiny_model, tiny_tokenizer):
     with pytest.warns(UserWarning, match="2 of 2 texts"):  # paragraphs are > 64 tiny-tokenizer tokens
         ppl = perplexity(tiny_model, tiny_tokenizer, load_ordinary_text()[:2], max_length=64)

@@ -123,6 +123,7 @@ def knowledge_accuracy(
     ``mc_correct`` / ``generation_correct`` / ``generations``, and ``seconds`` (``mc``, ``generation``).
     """
     _check_choices(examples)
+    accepted = [accepted_answers(ex) for ex in examples]  # bad aliases fail here, before the model pass
     settings = ProbeSettings(batch_size=batch_size, max_new_tokens=max_new_tokens, token_stats=False, progress=False)
     # the probe's main pass scores the true sentence (so the short gold answer costs no extra pass);
     # its alternatives pass scores the perturbed sentences, under the same question
@@ -133,8 +134,7 @@ def knowledge_accuracy(
     finally:
         model.train(was_training)
     mc = mc_correct(probe.avg_nll, probe.avg_nll_pert)  # (N,), (N, K) with K = the fewest perturbed answers
-    gen = np.array([any(answer_in_generation(a, g) for a in accepted_answers(ex))
-                    for ex, g in zip(examples, probe.generations)])
+    gen = np.array([any(answer_in_generation(a, g) for a in answers) for answers, g in zip(accepted, probe.generations)])
     return {
         "mc_accuracy": float(mc.mean()),
         "generation_accuracy": float(gen.mean()),
